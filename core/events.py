@@ -1,0 +1,79 @@
+"""The events a worker records, and the payload digest they carry.
+
+| kind     | when                                   |
+| -------- | -------------------------------------- |
+| create   | send, op result, function result, move in (also an in-place op: a new version) |
+| get      | the object leaves to its requester     |
+| move     | the object leaves to another worker    |
+| delete   | a pointer was collected                |
+| clear    | clear_objects                          |
+| denied   | a request refused (permission, auth)   |
+
+>>> import torch
+>>> from bastion.events import payload_digest
+>>> payload_digest(torch.tensor([1, 2])) == payload_digest(torch.tensor([1, 2]))
+True
+>>> payload_digest(torch.tensor([1, 2])) == payload_digest(torch.tensor([1, 2], dtype=torch.int32))
+False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import torch
+
+EVENT_KINDS: tuple[str, ...] = ("create", "get", "move", "delete", "clear", "denied")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a worker's event log, oldest first by ``seq`` (1, 2, 3... per worker).
+
+    ``hash`` covers every other field and ``prev_hash`` (the previous event's ``hash``), so
+    editing, inserting or deleting a row breaks the chain.
+    """
+
+    seq: int
+    ts: float
+    worker: str
+    kind: str
+    object_id: int | None = None
+    peer: str | None = None
+    origin: str | None = None
+    op: str | None = None
+    inputs: tuple[int, ...] = ()
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+    digest: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = ""
+    hash: str = ""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A zero-copy byte view of a CPU tensor's data (a contiguous copy when it has to)."""
+    data = tensor.detach()
+    if data.device.type != "cpu":
+        data = data.cpu()
+    data = data.resolve_conj().resolve_neg().contiguous()
+    if data.numel() == 0:
+        return memoryview(b"")
+    return memoryview(data.reshape(-1).view(torch.uint8).numpy())
+
+
+def payload_digest(value: Any) -> str:
+    """A BLAKE3 digest (hex) over a tensor's dtype, shape and bytes, or a plain value's repr."""
+    if isinstance(value, torch.Tensor):
+        hasher = blake3.blake3(f"{dtype_name(value.dtype)}|{tuple(value.shape)}|".encode())
+        hasher.update(tensor_bytes(value))
+    else:
+        hasher = blake3.blake3(f"object|{type(value).__name__}|{value!r}".encode())
+    return hasher.hexdigest()
