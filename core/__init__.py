@@ -1,1 +1,64 @@
-"""bastion"""
+"""bastion: private deep learning on PyTorch. Data stays on its worker; you hold pointers.
+
+>>> import torch, bastion as sy
+>>> hook = sy.TorchHook(torch)
+>>> m1 = sy.VirtualWorker(hook, id="doc-init")
+>>> p = torch.tensor([0, 1]).send(m1)
+>>> (p + p).get()
+tensor([0, 2])
+>>> hook.unhook()
+"""
+
+from __future__ import annotations
+
+from bastion.errors import (
+    BastionError,
+    ConfigurationError,
+    ConnectionLost,
+    EventLogError,
+    LocationError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermissionDenied,
+    RemoteError,
+    RemoteValueError,
+    SerializationError,
+    TransportError,
+    UnsupportedOperation,
+)
+from bastion.events import Event
+from bastion.hook import TorchHook
+from bastion.modules import get_module, send_module
+from bastion.pointer import ObjectPointer, PointerParameter, PointerTensor
+from bastion.worker import BaseWorker, LocalWorker, VirtualWorker, Worker, local_worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseWorker",
+    "BastionError",
+    "ConfigurationError",
+    "ConnectionLost",
+    "Event",
+    "EventLogError",
+    "LocalWorker",
+    "LocationError",
+    "ObjectExistsError",
+    "ObjectNotFoundError",
+    "ObjectPointer",
+    "PermissionDenied",
+    "PointerParameter",
+    "PointerTensor",
+    "RemoteError",
+    "RemoteValueError",
+    "SerializationError",
+    "TorchHook",
+    "TransportError",
+    "UnsupportedOperation",
+    "VirtualWorker",
+    "Worker",
+    "get_module",
+    "local_worker",
+    "send_module",
+    "__version__",
+]

@@ -1,0 +1,5 @@
+"""``python -m bastion``."""
+
+from bastion.cli import main
+
+main()

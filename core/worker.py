@@ -1,0 +1,488 @@
+"""Workers: the message handler that holds data (``Worker``), and the handles pointers use.
+
+``Worker`` is the server side: an object store, an event log, and ``handle(message, peer)``,
+the same code whatever transport carried the message. ``BaseWorker`` is the client side: the
+``location`` of pointers, talking to a ``Worker`` through a transport ``Connection``.
+``VirtualWorker`` is both in one process, PySyft style.
+
+>>> import torch, bastion as sy
+>>> m1 = sy.VirtualWorker(id="doc-M1")
+>>> p = m1.send(torch.tensor([1, 2]))
+>>> len(m1._objects)
+1
+>>> (p + p).get()
+tensor([2, 4])
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import cloudpickle
+import torch
+import torch.nn as nn
+
+from bastion import ops, plugins, serde
+from bastion.errors import (
+    BastionError,
+    ConfigurationError,
+    PermissionDenied,
+    SerializationError,
+    UnsupportedOperation,
+    error_from_wire,
+)
+from bastion.events import dtype_name, payload_digest
+from bastion.ids import new_id
+from bastion.logs import get_logger
+from bastion.messages import (
+    CallFunction,
+    Clear,
+    Create,
+    Delete,
+    ErrorInfo,
+    Get,
+    ListObjects,
+    Move,
+    ObjectSpec,
+    Ref,
+    Reply,
+    RunOp,
+    TensorSpec,
+)
+from bastion.stores import EventLog
+from bastion.stores.objects import ObjectStore
+
+log = get_logger("bastion.worker")
+
+
+def _spec(obj_id: int, value: Any) -> TensorSpec | ObjectSpec:
+    if isinstance(value, torch.Tensor):
+        return TensorSpec(obj_id, tuple(value.shape), value.dtype, value.requires_grad)
+    return ObjectSpec(obj_id, type(value).__name__)
+
+
+def _is_structseq(value: Any) -> bool:
+    return type(value).__module__ == "torch.return_types"
+
+
+class Worker:
+    """A worker's data side: its objects, its event log, and the handler of every request.
+
+    ``db`` is where events go: ``None`` (an in-memory SQLite database), a file path or any
+    SQLAlchemy URL. Code (``CallFunction``) runs only when ``allow_code`` is true.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        db: str | None = None,
+        durability: str = "batched",
+        allow_code: bool = False,
+    ) -> None:
+        self.id = id
+        self.store = ObjectStore(id)
+        self.log = EventLog(db, id, durability=durability)
+        self.allow_code = allow_code
+        self._lock = threading.RLock()
+        self._peers: dict[str, Any] = {}
+        self._handlers = {
+            Create: self._create,
+            Get: self._get,
+            Move: self._move,
+            Delete: self._delete,
+            Clear: self._clear,
+            RunOp: self._run_op,
+            CallFunction: self._call,
+            ListObjects: self._list,
+        }
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle(self, message: Any, peer: str) -> Reply:
+        """Answer one request from ``peer``; a refused or failed request never stops the worker."""
+        handler = self._handlers.get(type(message))
+        try:
+            if handler is None:
+                raise SerializationError(
+                    f"worker {self.id} got a {type(message).__name__}, which is not a bastion "
+                    "message"
+                )
+            with self._lock:
+                return Reply(handler(message, peer))
+        except Exception as exc:  # the reply carries it; the worker keeps serving
+            return Reply(error=ErrorInfo(type(exc).__name__, str(exc)), cause=exc)
+
+    def close(self) -> None:
+        """Flush and close the event log and any connections this worker opened."""
+        for connection in self._peers.values():
+            connection.close()
+        self._peers.clear()
+        self.log.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _fresh_id(self) -> int:
+        obj_id = new_id()
+        while obj_id in self.store:
+            obj_id = new_id()
+        return obj_id
+
+    def _record_create(
+        self, obj_id: int, value: Any, peer: str, origin: str, op: str | None = None,
+        inputs: tuple[int, ...] = (),
+    ) -> None:
+        digest = payload_digest(value)
+        self.store.digests[obj_id] = digest
+        tensor = isinstance(value, torch.Tensor)
+        self.log.append(
+            "create",
+            object_id=obj_id,
+            peer=peer,
+            origin=origin,
+            op=op,
+            inputs=inputs,
+            dtype=dtype_name(value.dtype) if tensor else type(value).__name__,
+            shape=tuple(value.shape) if tensor else None,
+            digest=digest,
+        )
+
+    def _digest(self, obj_id: int, value: Any) -> str:
+        digest = self.store.digests.get(obj_id)
+        return digest if digest is not None else payload_digest(value)
+
+    def _deny(self, peer: str, request: str, why: str, **detail: Any) -> PermissionDenied:
+        self.log.append("denied", peer=peer, op=detail.pop("op", None),
+                        detail={"request": request, "why": why, **detail})
+        log.warning("request denied", worker=self.id, peer=peer, request=request, why=why)
+        return PermissionDenied(f"worker {self.id} refused {request} from {peer}: {why}")
+
+    def _resolve(self, value: Any, inputs: dict[int, int]) -> Any:
+        kind = type(value)
+        if kind is Ref:
+            obj = self.store.get(value.id)
+            inputs[id(obj)] = value.id
+            return obj
+        if kind is tuple or kind is list:
+            return kind(self._resolve(item, inputs) for item in value)
+        if kind is dict:
+            return {key: self._resolve(item, inputs) for key, item in value.items()}
+        if kind is slice:
+            return slice(
+                self._resolve(value.start, inputs),
+                self._resolve(value.stop, inputs),
+                self._resolve(value.step, inputs),
+            )
+        return value
+
+    def _keep(self, value: Any, inputs: dict[int, int], peer: str, origin: str, op: str) -> Any:
+        """Store one result; a result that *is* an input keeps that input's id (in-place)."""
+        obj_id = inputs.get(id(value))
+        if obj_id is None:
+            obj_id = self._fresh_id()
+        self.store.put(obj_id, value, replace=True)
+        self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()))
+        return _spec(obj_id, value)
+
+    def _store_result(
+        self, result: Any, inputs: dict[int, int], peer: str, origin: str, op: str
+    ) -> Any:
+        if result is None:
+            return None
+        if isinstance(result, torch.Tensor):
+            return self._keep(result, inputs, peer, origin, op)
+        if (type(result) in (tuple, list) or _is_structseq(result)) and all(
+            item is None or isinstance(item, torch.Tensor) for item in result
+        ):
+            items = [
+                None if item is None else self._keep(item, inputs, peer, origin, op)
+                for item in result
+            ]
+            return type(result)(items)
+        return self._keep(result, inputs, peer, origin, op)
+
+    def _connect(self, address: str) -> Any:
+        connection = self._peers.get(address)
+        if connection is None:
+            connection = plugins.connect(address, peer=self.id)
+            self._peers[address] = connection
+        return connection
+
+    # ------------------------------------------------------------------ handlers
+
+    def _create(self, message: Create, peer: str) -> TensorSpec | ObjectSpec:
+        obj_id = message.obj_id if message.obj_id is not None else self._fresh_id()
+        self.store.put(obj_id, message.value)
+        self._record_create(obj_id, message.value, peer, message.origin)
+        return _spec(obj_id, message.value)
+
+    def _get(self, message: Get, peer: str) -> Any:
+        obj = self.store.get(message.obj_id)
+        if not isinstance(obj, torch.Tensor):
+            serde.encode(obj)  # refuse what cannot travel before anything changes
+        digest = self._digest(message.obj_id, obj)
+        self.store.pop(message.obj_id)
+        self.log.append("get", object_id=message.obj_id, peer=peer, digest=digest)
+        if not message.with_grad:
+            return obj
+        grad = obj.grad if isinstance(obj, torch.Tensor) and obj.is_leaf else None
+        return (obj, grad)
+
+    def _move(self, message: Move, peer: str) -> Any:
+        obj = self.store.get(message.obj_id)
+        connection = self._connect(message.destination)
+        reply = connection.request(Create(obj, message.obj_id, origin="move"))
+        if reply.error is not None:
+            raise error_from_wire(reply.error.type_name, reply.error.message)
+        digest = self._digest(message.obj_id, obj)
+        self.store.pop(message.obj_id)
+        self.log.append(
+            "move",
+            object_id=message.obj_id,
+            peer=connection.worker_id,
+            digest=digest,
+            detail={"destination": message.destination, "new_id": reply.value.id,
+                    "requested_by": peer},
+        )
+        return reply.value
+
+    def _delete(self, message: Delete, peer: str) -> int:
+        dropped = 0
+        for obj_id in message.obj_ids:
+            if self.store.discard(obj_id):
+                dropped += 1
+                self.log.append("delete", object_id=obj_id, peer=peer)
+        return dropped
+
+    def _clear(self, message: Clear, peer: str) -> int:
+        ids = self.store.clear()
+        self.log.append("clear", peer=peer, detail={"ids": ids})
+        return len(ids)
+
+    def _run_op(self, message: RunOp, peer: str) -> Any:
+        try:
+            func = ops.resolve(message.op)
+        except UnsupportedOperation as exc:
+            raise self._deny(peer, "run", str(exc), op=str(message.op)) from None
+        inputs: dict[int, int] = {}
+        args = self._resolve(message.args, inputs)
+        kwargs = self._resolve(message.kwargs, inputs)
+        if message.grad_enabled == torch.is_grad_enabled():
+            result = func(*args, **kwargs)
+        else:
+            with torch.set_grad_enabled(message.grad_enabled):
+                result = func(*args, **kwargs)
+        return self._store_result(result, inputs, peer, "op", message.op)
+
+    def _call(self, message: CallFunction, peer: str) -> Any:
+        if not self.allow_code:
+            raise self._deny(
+                peer, "call", "this worker does not run shipped code; start it with "
+                "allow_code=True to allow it"
+            )
+        func = cloudpickle.loads(message.code)
+        inputs: dict[int, int] = {}
+        args = self._resolve(message.args, inputs)
+        kwargs = self._resolve(message.kwargs, inputs)
+        with torch.set_grad_enabled(message.grad_enabled):
+            result = func(*args, **kwargs)
+        name = getattr(func, "__qualname__", type(func).__name__)
+        return self._store_result(result, inputs, peer, "call", name)
+
+    def _list(self, message: ListObjects, peer: str) -> dict[int, Any]:
+        return {obj_id: _spec(obj_id, obj) for obj_id, obj in self.store.objects.items()}
+
+
+# ====================================================================== client side
+
+
+class LocalWorker:
+    """The data scientist's own side ("me"): the ``owner`` of every pointer it holds."""
+
+    def __init__(self, id: str = "me") -> None:
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"<LocalWorker id:{self.id}>"
+
+
+#: The local worker of this process (PySyft's ``sy.local_worker``).
+local_worker = LocalWorker()
+
+
+class BaseWorker:
+    """A worker as its pointers see it: an id, an address, and a connection to it.
+
+    Deletes from garbage-collected pointers are queued and sent before the next request,
+    so a collection can never interleave with another request on the same connection.
+    """
+
+    def __init__(self, id: str, address: str, connection: Any, *, garbage_collect: bool = True):
+        self.id = id
+        self.address = address
+        self.garbage_collect = garbage_collect
+        self._connection = connection
+        self._pending_deletes: collections.deque[int] = collections.deque()
+
+    # ------------------------------------------------------------------ requests
+
+    def _request(self, message: Any) -> Any:
+        if self._pending_deletes:
+            self._flush_deletes()
+        reply = self._connection.request(message)
+        if reply.error is not None:
+            error = error_from_wire(reply.error.type_name, reply.error.message)
+            raise error from reply.cause
+        return reply.value
+
+    def _flush_deletes(self) -> None:
+        ids: list[int] = []
+        pending = self._pending_deletes
+        while pending:
+            try:
+                ids.append(pending.popleft())
+            except IndexError:
+                break
+        if ids:
+            reply = self._connection.request(Delete(ids))
+            if reply.error is not None:
+                log.warning("delete failed", worker=self.id, error=reply.error.message)
+
+    def _schedule_delete(self, obj_id: int) -> None:
+        if self.garbage_collect:
+            self._pending_deletes.append(obj_id)
+
+    # ------------------------------------------------------------------ public API
+
+    def send(self, obj: torch.Tensor | nn.Module) -> Any:
+        """Send a tensor (returns a ``PointerTensor``) or a module (its parameters become pointers).
+
+        >>> import torch, bastion as sy
+        >>> ptr = sy.VirtualWorker(id="doc-send").send(torch.ones(2))
+        >>> ptr.shape
+        torch.Size([2])
+        """
+        from bastion.modules import send_module
+        from bastion.pointer import ObjectPointer, PointerTensor
+
+        if isinstance(obj, nn.Module):
+            return send_module(obj, self)
+        if isinstance(obj, (PointerTensor, ObjectPointer)):
+            raise SerializationError(
+                f"{obj!r} is already a pointer; use .move({self.id!r}) to move its object"
+            )
+        if not isinstance(obj, torch.Tensor):
+            raise SerializationError(
+                f"cannot send a {type(obj).__name__} to {self.id}: bastion sends tensors and "
+                "nn.Modules; wrap the data with torch.tensor(...) first"
+            )
+        spec = self._request(Create(obj))
+        return PointerTensor._make(self, spec, leaf=True)
+
+    def clear_objects(self) -> BaseWorker:
+        """Drop every object on this worker (pointers to them raise ``ObjectNotFoundError``)."""
+        self._request(Clear())
+        return self
+
+    def list_objects(self) -> dict[int, TensorSpec | ObjectSpec]:
+        """What the worker holds, as ``{id: TensorSpec | ObjectSpec}``."""
+        return self._request(ListObjects())
+
+    @property
+    def objects(self) -> Mapping[int, Any]:
+        """A read-only view of the worker's objects."""
+        return MappingProxyType(self._objects)
+
+    @property
+    def _objects(self) -> dict[int, Any]:
+        return self.list_objects()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id:{self.id} address:{self.address}>"
+
+
+def _db_default(db: str | None) -> str | None:
+    return db if db is not None else os.environ.get("BASTION_DB") or None
+
+
+class VirtualWorker(BaseWorker):
+    """A worker in this process, as in PySyft: ``VirtualWorker(hook, id="M1")``.
+
+    ``serialize=True`` sends every request through the full wire encoding; ``db`` takes a
+    file path or SQLAlchemy URL for the event log (default: in-memory SQLite);
+    ``garbage_collect=False`` keeps objects when their pointers are collected.
+
+    >>> import torch, bastion as sy
+    >>> hook = sy.TorchHook(torch)
+    >>> bob = sy.VirtualWorker(hook, id="doc-bob")
+    >>> bob
+    <VirtualWorker id:doc-bob #objects:0>
+    >>> hook.unhook()
+    """
+
+    def __init__(
+        self,
+        hook: Any = None,
+        id: str | None = None,
+        *,
+        db: str | None = None,
+        serialize: bool = False,
+        durability: str = "batched",
+        allow_code: bool = False,
+        garbage_collect: bool = True,
+    ) -> None:
+        from bastion.hook import TorchHook
+
+        if hook is not None and not isinstance(hook, TorchHook):
+            raise ConfigurationError(
+                f"VirtualWorker's first argument is a TorchHook, got {type(hook).__name__}; "
+                "write VirtualWorker(hook, id='M1') or VirtualWorker(id='M1')"
+            )
+        if id is None:
+            id = f"worker-{new_id() % 10**6:06d}"
+        if not isinstance(id, str) or not id or any(c in id for c in "/ \t\n"):
+            raise ConfigurationError(
+                f"worker id must be a non-empty string without spaces or '/', got {id!r}"
+            )
+        self._worker = Worker(
+            id, db=_db_default(db), durability=durability, allow_code=allow_code
+        )
+        address = f"memory://{id}"
+        self._server = plugins.serve(self._worker, address, serialize=serialize)
+        connection = plugins.connect(address, peer=local_worker.id)
+        super().__init__(id, address, connection, garbage_collect=garbage_collect)
+        self.serialize = serialize
+
+    @property
+    def _objects(self) -> dict[int, Any]:
+        """The worker's live ``{id: object}`` dict, as PySyft exposed it."""
+        if self._pending_deletes:
+            self._flush_deletes()
+        return self._worker.store.objects
+
+    @property
+    def audit(self) -> EventLog:
+        """This worker's event log: ``audit.events(kind="move")``."""
+        return self._worker.log
+
+    def close(self) -> None:
+        """Stop serving and flush the event log."""
+        self._server.close()
+        self._worker.close()
+
+    def __enter__(self) -> VirtualWorker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<VirtualWorker id:{self.id} #objects:{len(self._objects)}>"
+
+
+__all__ = ["BaseWorker", "BastionError", "LocalWorker", "VirtualWorker", "Worker", "local_worker"]
