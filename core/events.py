@@ -58,21 +58,43 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+#: dtypes whose CPU tensors numpy can view directly (no bfloat16, no 8-bit floats).
+_NUMPY_VIEWABLE = frozenset({
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.float32, torch.float64,
+})  # fmt: skip
+
+
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """A zero-copy byte view of a CPU tensor's data (a contiguous copy when it has to)."""
-    data = tensor.detach()
-    if data.device.type != "cpu":
-        data = data.cpu()
-    data = data.resolve_conj().resolve_neg().contiguous()
+    data = tensor.detach() if tensor.requires_grad else tensor
     if data.numel() == 0:
         return memoryview(b"")
+    if data.dtype in _NUMPY_VIEWABLE and data.is_cpu and data.is_contiguous():
+        return memoryview(data.numpy()).cast("B")
+    if not data.is_cpu:
+        data = data.cpu()
+    data = data.resolve_conj().resolve_neg().contiguous()
     return memoryview(data.reshape(-1).view(torch.uint8).numpy())
+
+
+_PREFIXES: dict[tuple[torch.dtype, torch.Size], bytes] = {}
+
+
+def _prefix(tensor: torch.Tensor) -> bytes:
+    key = (tensor.dtype, tensor.shape)
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        if len(_PREFIXES) > 4096:
+            _PREFIXES.clear()
+        prefix = _PREFIXES[key] = f"{dtype_name(key[0])}|{tuple(key[1])}|".encode()
+    return prefix
 
 
 def payload_digest(value: Any) -> str:
     """A BLAKE3 digest (hex) over a tensor's dtype, shape and bytes, or a plain value's repr."""
     if isinstance(value, torch.Tensor):
-        hasher = blake3.blake3(f"{dtype_name(value.dtype)}|{tuple(value.shape)}|".encode())
+        hasher = blake3.blake3(_prefix(value))
         hasher.update(tensor_bytes(value))
     else:
         hasher = blake3.blake3(f"object|{type(value).__name__}|{value!r}".encode())

@@ -15,4 +15,4 @@ MAX_ID = 2**53
 
 def new_id() -> int:
     """A fresh random object id (collisions are checked by the worker that stores it)."""
-    return _random.randrange(1, MAX_ID)
+    return _random.getrandbits(53) or 1

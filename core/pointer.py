@@ -38,9 +38,19 @@ from bastion.worker import BaseWorker, local_worker
 _DisableSubclass = torch._C.DisableTorchFunctionSubclass
 
 
+_SCALARS: dict[torch.dtype, torch.Tensor] = {}
+
+
 def _placeholder(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """One element of ``dtype`` seen as ``shape`` (stride 0 everywhere): no memory."""
-    return torch.empty((), dtype=dtype).expand(shape)
+    """One element of ``dtype`` seen as ``shape`` (stride 0 everywhere): no memory.
+
+    Pointers share one scalar per dtype; its value means nothing and is never read, since
+    every function that reaches a pointer goes to its worker or reads only shape and dtype.
+    """
+    scalar = _SCALARS.get(dtype)
+    if scalar is None:
+        scalar = _SCALARS[dtype] = torch.zeros((), dtype=dtype)
+    return scalar.expand(shape)
 
 
 class _PointerMixin:
@@ -68,17 +78,21 @@ class _PointerMixin:
         if state.get("_gone") is None and state.get("garbage_collect_data"):
             location = state.get("location")
             if location is not None:
-                location._schedule_delete(state["id_at_location"])
+                location._schedule_delete(state["id_at_location"], self._nbytes())
+
+    def _nbytes(self) -> int:
+        return 0
 
 
 def _init_pointer(pointer: Any, location: BaseWorker, obj_id: int) -> None:
-    state = pointer.__dict__
-    state["location"] = location
-    state["id_at_location"] = obj_id
-    state["owner"] = local_worker
-    state["id"] = new_id()
-    state["garbage_collect_data"] = True
-    state["_gone"] = None
+    pointer.__dict__.update(
+        location=location,
+        id_at_location=obj_id,
+        owner=local_worker,
+        id=new_id(),
+        garbage_collect_data=True,
+        _gone=None,
+    )
 
 
 class PointerTensor(_PointerMixin, torch.Tensor):
@@ -98,9 +112,14 @@ class PointerTensor(_PointerMixin, torch.Tensor):
             PointerTensor, _placeholder(spec.shape, spec.dtype), False
         )
         _init_pointer(pointer, location, spec.id)
-        pointer.__dict__["_requires_grad"] = spec.requires_grad
-        pointer.__dict__["_leaf"] = not spec.requires_grad if leaf is None else leaf
+        state = pointer.__dict__
+        state["_requires_grad"] = spec.requires_grad
+        state["_leaf"] = not spec.requires_grad if leaf is None else leaf
         return pointer
+
+    def _nbytes(self) -> int:
+        with _DisableSubclass():
+            return self.numel() * self.element_size()
 
     def _update(self, spec: TensorSpec) -> None:
         """An in-place op changed the remote object: follow its shape, dtype and grad flag."""

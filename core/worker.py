@@ -328,11 +328,19 @@ class BaseWorker:
         self.garbage_collect = garbage_collect
         self._connection = connection
         self._pending_deletes: collections.deque[int] = collections.deque()
+        self._pending_bytes = 0
 
     # ------------------------------------------------------------------ requests
 
+    #: Deletes from collected pointers go out in batches: at this many ids, or this many
+    #: bytes of remote data, or whenever someone looks at the worker's objects or log.
+    delete_batch = 256
+    delete_batch_bytes = 16 * 2**20
+
     def _request(self, message: Any) -> Any:
-        if self._pending_deletes:
+        if self._pending_bytes >= self.delete_batch_bytes or (
+            len(self._pending_deletes) >= self.delete_batch
+        ):
             self._flush_deletes()
         reply = self._connection.request(message)
         if reply.error is not None:
@@ -343,6 +351,7 @@ class BaseWorker:
     def _flush_deletes(self) -> None:
         ids: list[int] = []
         pending = self._pending_deletes
+        self._pending_bytes = 0
         while pending:
             try:
                 ids.append(pending.popleft())
@@ -353,9 +362,10 @@ class BaseWorker:
             if reply.error is not None:
                 log.warning("delete failed", worker=self.id, error=reply.error.message)
 
-    def _schedule_delete(self, obj_id: int) -> None:
+    def _schedule_delete(self, obj_id: int, nbytes: int = 0) -> None:
         if self.garbage_collect:
             self._pending_deletes.append(obj_id)
+            self._pending_bytes += nbytes
 
     # ------------------------------------------------------------------ public API
 
@@ -386,11 +396,13 @@ class BaseWorker:
 
     def clear_objects(self) -> BaseWorker:
         """Drop every object on this worker (pointers to them raise ``ObjectNotFoundError``)."""
+        self._flush_deletes()
         self._request(Clear())
         return self
 
     def list_objects(self) -> dict[int, TensorSpec | ObjectSpec]:
         """What the worker holds, as ``{id: TensorSpec | ObjectSpec}``."""
+        self._flush_deletes()
         return self._request(ListObjects())
 
     @property
@@ -461,17 +473,19 @@ class VirtualWorker(BaseWorker):
     @property
     def _objects(self) -> dict[int, Any]:
         """The worker's live ``{id: object}`` dict, as PySyft exposed it."""
-        if self._pending_deletes:
-            self._flush_deletes()
+        self._flush_deletes()
         return self._worker.store.objects
 
     @property
     def audit(self) -> EventLog:
         """This worker's event log: ``audit.events(kind="move")``."""
+        self._flush_deletes()
         return self._worker.log
 
     def close(self) -> None:
         """Stop serving and flush the event log."""
+        if not self._server.closed:
+            self._flush_deletes()
         self._server.close()
         self._worker.close()
 

@@ -1,0 +1,87 @@
+"""bastion's benchmarks: every figure beside a baseline measured in the same run, as a ratio.
+
+Run with ``make bench`` (or ``.venv/bin/python benchmarks/run.py [--quick]``). Figures are
+medians of several repeats; the audit log is on (its default: in-memory SQLite, batched).
+Benchmarks are not tests: nothing here asserts on time.
+
+Targets (issue: the foundation):
+- pointer op ``x + y`` on small tensors: overhead under 25 µs over plain torch;
+- send + get of 64 MiB: under 3x ``tensor.clone()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import bastion as sy
+
+
+def _median_seconds(fn: Callable[[], object], number: int, repeat: int) -> float:
+    fn()
+    runs = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        runs.append((time.perf_counter() - start) / number)
+    return statistics.median(runs)
+
+
+def _row(name: str, seconds: float, baseline_name: str, baseline: float, unit: str = "us") -> None:
+    scale = 1e6 if unit == "us" else 1e3
+    print(
+        f"  {name:<44} {seconds * scale:10.2f} {unit}   vs {baseline_name:<22} "
+        f"{baseline * scale:9.2f} {unit}   ratio {seconds / baseline:7.2f}x"
+    )
+
+
+def bench_pointer_op(number: int, repeat: int) -> None:
+    print("pointer op: x + y on two 2-element float tensors")
+    a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    plain = _median_seconds(lambda: a + b, number * 10, repeat)
+    _row("plain torch a + b", plain, "plain torch", plain)
+    for serialize in (False, True):
+        worker = sy.VirtualWorker(id=f"bench-op-{int(serialize)}", serialize=serialize)
+        x, y = worker.send(a), worker.send(b)
+        seconds = _median_seconds(lambda: x + y, number, repeat)
+        label = "VirtualWorker serialize=True" if serialize else "VirtualWorker (direct)"
+        _row(label, seconds, "plain torch", plain)
+        print(f"  {'':<44} overhead {(seconds - plain) * 1e6:8.2f} us per op (target < 25 us)")
+        worker.close()
+
+
+def bench_send_get(repeat: int, big_mib: int) -> None:
+    print("send + get round trip")
+    for label, numel in (("1 KiB", 256), (f"{big_mib} MiB", big_mib * 2**20 // 4)):
+        tensor = torch.randn(numel)
+        number = 2000 if numel < 10_000 else 3
+        clone = _median_seconds(tensor.clone, number, repeat)
+        for serialize in (False, True):
+            worker = sy.VirtualWorker(id=f"bench-sg-{int(serialize)}", serialize=serialize)
+            seconds = _median_seconds(lambda: worker.send(tensor).get(), number, repeat)
+            mode = "serialized" if serialize else "direct"
+            unit = "us" if numel < 10_000 else "ms"
+            _row(f"{label} send+get ({mode})", seconds, "tensor.clone()", clone, unit)
+            worker.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 16 MiB")
+    args = parser.parse_args()
+    number, repeat, big = (2000, 3, 16) if args.quick else (20000, 7, 64)
+    print(f"bastion {sy.__version__}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads")
+    bench_pointer_op(number, repeat)
+    bench_send_get(repeat, big)
+
+
+if __name__ == "__main__":
+    main()

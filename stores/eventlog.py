@@ -1,0 +1,509 @@
+"""A worker's audit log: append-only, hash-chained, group-committed, on SQLAlchemy Core.
+
+Each worker appends to its own sequence (``seq`` 1, 2, 3... with no gaps) in the table
+``bastion_events``; several workers may share one database because ``worker_id`` is part of
+every key. Every row carries the hash of the row before it (:func:`event_hash`), so an edited,
+inserted or deleted row breaks the chain.
+
+``append`` is on the path of every pointer operation, so it only validates, numbers the event
+and queues it. In ``batched`` mode the queue is written with one ``executemany`` in one
+transaction when it reaches ``batch_size``, by a process-wide flusher thread every
+``flush_interval`` seconds, on ``flush``/``events``/``close``, and at interpreter exit. In
+``strict`` mode ``append`` returns only once its row is committed (``synchronous=FULL`` on
+SQLite). Hashes and JSON are computed at flush time, in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from operator import index
+from typing import Any
+
+import blake3
+import sqlalchemy as sa
+from bastion.errors import ConfigurationError, EventLogError
+from bastion.events import EVENT_KINDS, Event
+from bastion.logs import get_logger
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+SCHEMA_VERSION = 1
+DURABILITY_MODES = ("batched", "strict")
+
+_log = get_logger("bastion.stores.eventlog")
+_KINDS = frozenset(EVENT_KINDS)
+_INT = frozenset({int})
+_TEXT = frozenset({str, type(None)})
+
+
+def _make_canonical() -> Callable[[Any], str]:
+    """Compact, key-sorted, ASCII JSON. ``json.dumps`` builds its C encoder on every call;
+    building it once makes hashing at flush time a third cheaper."""
+    slow = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+    def default(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    try:
+        encode = json.encoder.c_make_encoder(  # type: ignore[misc]
+            None, default, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True
+        )
+        sample = [1.5, "é", {"b": None, "a": ()}]
+        if "".join(encode(sample, 0)) != slow(sample):
+            return slow
+    except TypeError:  # no C accelerator, or another signature
+        return slow
+    return lambda value: "".join(encode(value, 0))
+
+
+_canonical = _make_canonical()
+
+metadata = sa.MetaData()
+events_table = sa.Table(
+    "bastion_events",
+    metadata,
+    sa.Column("worker_id", sa.String(255), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.Double, nullable=False),  # Double: exact, the hash covers it
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("object_id", sa.BigInteger, nullable=True),
+    sa.Column("peer", sa.String(255), nullable=True),
+    sa.Column("origin", sa.String(32), nullable=True),
+    sa.Column("op", sa.String(255), nullable=True),
+    sa.Column("inputs", sa.Text, nullable=True),
+    sa.Column("dtype", sa.String(32), nullable=True),
+    sa.Column("shape", sa.Text, nullable=True),
+    sa.Column("digest", sa.String(128), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_bastion_events_object", "worker_id", "object_id"),
+    sa.Index("ix_bastion_events_kind", "worker_id", "kind"),
+)
+schema_table = sa.Table(
+    "bastion_schema", metadata, sa.Column("version", sa.Integer, nullable=False)
+)
+
+
+#: The fields of an :class:`Event` that :func:`event_hash` covers after ``prev_hash``, in order.
+HASHED_FIELDS = ("worker", "seq", "ts", "kind", "object_id", "peer", "origin", "op", "inputs",
+                 "dtype", "shape", "digest", "detail")  # fmt: skip
+
+
+def event_hash(
+    prev_hash: str,
+    worker: str,
+    seq: int,
+    ts: float,
+    kind: str,
+    object_id: int | None,
+    peer: str | None,
+    origin: str | None,
+    op: str | None,
+    inputs: Sequence[int],
+    dtype: str | None,
+    shape: Sequence[int] | None,
+    digest: str | None,
+    detail: dict[str, Any] | None,
+) -> str:
+    """BLAKE3 (hex) over compact, key-sorted JSON of ``prev_hash`` and every field of an event.
+
+    ``inputs`` and ``shape`` hash as lists, a missing ``detail`` as ``{}``: the values a row
+    reads back as. The first event of a worker has ``prev_hash=""``.
+    """
+    fields = [prev_hash, worker, seq, ts, kind, object_id, peer, origin, op, inputs, dtype,
+              shape, digest, detail or {}]  # fmt: skip
+    return blake3.blake3(_canonical(fields).encode()).hexdigest()
+
+
+def expected_hash(event: Event) -> str:
+    """The hash ``event`` must carry given its fields and ``prev_hash`` (for verifying a chain)."""
+    return event_hash(event.prev_hash, *(getattr(event, name) for name in HASHED_FIELDS))
+
+
+class EventLog:
+    """The append-only event log of one worker in one SQLAlchemy database.
+
+    ``url``: ``None`` for a private in-memory SQLite database, a SQLAlchemy URL, or a file path
+    (SQLite, WAL). ``durability``: ``"batched"`` (group commit) or ``"strict"`` (each ``append``
+    is committed before it returns).
+
+    >>> with EventLog(None, "alice") as log:
+    ...     log.append("create", object_id=7, origin="send", dtype="float32", shape=(2,))
+    ...     log.append("get", object_id=7, peer="bob")
+    ...     [(e.seq, e.kind, e.shape) for e in log.events()]
+    1
+    2
+    [(1, 'create', (2,)), (2, 'get', None)]
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str] | None,
+        worker_id: str,
+        *,
+        durability: str = "batched",
+        batch_size: int = 512,
+        flush_interval: float = 0.2,
+    ) -> None:
+        if durability not in DURABILITY_MODES:
+            raise ConfigurationError(
+                f"durability must be 'batched' or 'strict', not {durability!r}"
+            )
+        if not isinstance(worker_id, str) or not worker_id:
+            raise ConfigurationError(f"worker_id must be a non-empty string, not {worker_id!r}")
+        if batch_size < 1 or flush_interval <= 0:
+            raise ConfigurationError(
+                "batch_size must be at least 1 and flush_interval a positive number of seconds"
+            )
+        self.url = _resolve_url(url)
+        self.worker_id = worker_id
+        self.durability = durability
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self._strict = durability == "strict"
+        self._lock = threading.Lock()  # seq numbers and the pending list
+        self._flush_lock = threading.Lock()  # one writer (and, in memory, one user) at a time
+        self._pending: list[tuple[Any, ...]] = []
+        self._closed = False
+        self._failing = False
+        self._last_flush = time.monotonic()
+        self._engine = _make_engine(self.url, durability)
+        # A private in-memory database is one shared connection: serialize readers too.
+        memory = isinstance(self._engine.pool, StaticPool)
+        self._read_lock = self._flush_lock if memory else contextlib.nullcontext()
+        self._sqlite = self._engine.dialect.name == "sqlite"
+        self._insert_sql = str(events_table.insert().compile(dialect=self._engine.dialect))
+        try:
+            self._next_seq, self._last_hash = self._setup()
+        except BaseException:
+            self._engine.dispose()
+            raise
+        _register(self)
+
+    def _setup(self) -> tuple[int, str]:
+        t = events_table.c
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(bastion_immediate=True)
+                with conn.begin():
+                    conn.execute(CreateTable(events_table, if_not_exists=True))
+                    conn.execute(CreateTable(schema_table, if_not_exists=True))
+                    for index in events_table.indexes:
+                        conn.execute(CreateIndex(index, if_not_exists=True))
+                    version = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
+                    if version is None:
+                        conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+                    last = conn.execute(
+                        sa.select(t.seq, t.hash)
+                        .where(t.worker_id == self.worker_id)
+                        .order_by(t.seq.desc())
+                        .limit(1)
+                    ).first()
+        except SQLAlchemyError as exc:
+            raise EventLogError(
+                f"cannot open the event log at {self._safe_url()}: {_reason(exc)}. Check that "
+                "the URL is right, the database reachable and the path writable."
+            ) from exc
+        if version is not None and version > SCHEMA_VERSION:
+            raise EventLogError(
+                f"the event log at {self._safe_url()} was written by a newer bastion (schema "
+                f"version {version}, this one reads {SCHEMA_VERSION}); upgrade bastion."
+            )
+        return (1, "") if last is None else (last.seq + 1, last.hash)
+
+    def append(
+        self,
+        kind: str,
+        *,
+        object_id: int | None = None,
+        peer: str | None = None,
+        origin: str | None = None,
+        op: str | None = None,
+        inputs: Sequence[int] = (),
+        dtype: str | None = None,
+        shape: Sequence[int] | None = None,
+        digest: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Record one event and return its ``seq`` (committed on return in strict mode)."""
+        if kind not in _KINDS:
+            raise ConfigurationError(f"unknown event kind {kind!r}; expected one of {EVENT_KINDS}")
+        # Checked here, cheaply, so that a bad value can never poison a later flush.
+        if object_id is not None and type(object_id) is not int:
+            object_id = _to_ints((object_id,))[0]
+        inputs = tuple(inputs)
+        if not _INT.issuperset(map(type, inputs)):
+            inputs = _to_ints(inputs)
+        if shape is not None:
+            shape = tuple(shape)
+            if not _INT.issuperset(map(type, shape)):
+                shape = _to_ints(shape)
+        if not _TEXT.issuperset((type(peer), type(origin), type(op), type(dtype), type(digest))):
+            raise ConfigurationError("peer, origin, op, dtype and digest take strings (or None)")
+        detail_json = None
+        if detail:
+            try:
+                detail_json = _canonical(detail)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise ConfigurationError(f"event detail must be plain JSON data: {exc}") from exc
+        with self._lock:
+            if self._closed:
+                raise EventLogError(f"the event log of {self.worker_id!r} is closed")
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            self._pending.append((seq, time.time(), kind, object_id, peer, origin, op, inputs,
+                                  dtype, shape, digest, detail_json))  # fmt: skip
+            full = len(self._pending) >= self.batch_size
+        if self._strict or full:
+            self.flush()
+        return seq
+
+    def flush(self) -> None:
+        """Write every pending event, in ``seq`` order, in one transaction."""
+        with self._flush_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        if not batch:
+            return
+        rows, last_hash = self._encode(batch)
+        try:
+            with self._engine.begin() as conn:
+                if self._sqlite:
+                    conn.exec_driver_sql(self._insert_sql, rows)  # 2x faster than Core here
+                else:  # Core picks the dialect's fast multi-row path
+                    keys = events_table.c.keys()
+                    conn.execute(events_table.insert(), [dict(zip(keys, r)) for r in rows])
+        except SQLAlchemyError as exc:
+            with self._lock:
+                self._pending[:0] = batch  # keep them, in order, for the next flush
+            if isinstance(exc, IntegrityError):
+                hint = f"another EventLog writes as {self.worker_id!r}; use one per worker"
+            else:
+                hint = "the events are kept and retried at the next flush"
+            raise EventLogError(
+                f"cannot write {len(batch)} events to {self._safe_url()}: {_reason(exc)}; {hint}."
+            ) from exc
+        self._last_hash = last_hash
+
+    def _encode(self, batch: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], str]:
+        worker, prev, rows = self.worker_id, self._last_hash, []
+        for item in batch:
+            seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape, digest, detail = item
+            h = event_hash(prev, worker, *item[:-1], json.loads(detail) if detail else None)
+            inputs_json = _int_list(inputs) if inputs else None
+            shape_json = None if shape is None else _int_list(shape)
+            rows.append((worker, seq, ts, kind, oid, peer, origin, op, inputs_json, dtype,
+                         shape_json, digest, detail, prev, h))  # fmt: skip
+            prev = h
+        return rows, prev
+
+    def events(
+        self,
+        kind: str | None = None,
+        object_id: int | None = None,
+        peer: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """This worker's events, oldest first; ``since``/``until`` are inclusive ``seq`` bounds."""
+        if kind is not None and kind not in _KINDS:
+            raise ConfigurationError(f"unknown event kind {kind!r}; expected one of {EVENT_KINDS}")
+        if self._closed:
+            raise EventLogError(f"the event log of {self.worker_id!r} is closed")
+        self.flush()
+        t = events_table.c
+        query = sa.select(events_table).where(t.worker_id == self.worker_id)
+        for column, value in ((t.kind, kind), (t.object_id, object_id), (t.peer, peer)):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(t.seq >= since)
+        if until is not None:
+            query = query.where(t.seq <= until)
+        query = query.order_by(t.seq).limit(limit)
+        try:
+            with self._read_lock, self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise EventLogError(f"cannot read events from {self._safe_url()}: {exc}") from exc
+        return [_event(row) for row in rows]
+
+    def close(self) -> None:
+        """Flush, then release the database; calling it again does nothing."""
+        with self._flush_lock:
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+            try:
+                self._flush_locked()
+            finally:
+                self._engine.dispose()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # An EventLog dropped without close() still writes what it queued.
+        with contextlib.suppress(Exception):
+            if not self._closed:
+                self.close()
+
+    def __repr__(self) -> str:
+        return f"EventLog({self._safe_url()!r}, {self.worker_id!r}, durability={self.durability!r})"
+
+    def _safe_url(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def _background_flush(self) -> None:
+        if not self._pending or self._closed:
+            return
+        try:
+            self.flush()
+        except EventLogError as exc:
+            if not self._failing:  # once per run of failures, not every tick
+                _log.warning("eventlog.flush_failed", worker=self.worker_id, error=str(exc))
+            self._failing = True
+        else:
+            self._failing = False
+
+
+def _reason(exc: SQLAlchemyError) -> object:
+    return getattr(exc, "orig", None) or exc
+
+
+def _resolve_url(url: str | os.PathLike[str] | None) -> str:
+    if url is None:
+        return "sqlite://"
+    url = os.fspath(url)
+    if "://" in url:
+        return url
+    return "sqlite:///" + os.path.abspath(url)
+
+
+def _make_engine(url: str, durability: str) -> sa.Engine:
+    try:
+        parsed = sa.make_url(url)
+        options: dict[str, Any] = {}
+        sqlite = parsed.get_backend_name() == "sqlite"
+        if sqlite and parsed.database in (None, "", ":memory:"):
+            # One connection shared with the flusher thread, or each thread gets its own database.
+            options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        engine = sa.create_engine(parsed, **options)
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        raise EventLogError(
+            f"cannot use {url!r} as an event log: {exc}. Pass None (in memory), a file path, "
+            "or a SQLAlchemy URL such as 'sqlite:///events.db'."
+        ) from exc
+    if sqlite:
+        synchronous = "FULL" if durability == "strict" else "NORMAL"
+
+        def on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (SQLAlchemy's recipe)
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.close()
+
+        def on_begin(conn: sa.Connection) -> None:
+            # Opening takes the write lock up front so that concurrent openers wait their turn.
+            immediate = conn.get_execution_options().get("bastion_immediate")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        sa.event.listen(engine, "connect", on_connect)
+        sa.event.listen(engine, "begin", on_begin)
+    return engine
+
+
+def _event(row: Sequence[Any]) -> Event:
+    (worker, seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape, digest, detail,
+     prev_hash, hash_) = row  # fmt: skip
+    details = json.loads(detail) if detail else {}
+    return Event(seq, ts, worker, kind, oid, peer, origin, op, _ints(inputs) or (), dtype,
+                 _ints(shape), digest, details, prev_hash, hash_)  # fmt: skip
+
+
+def _to_ints(values: tuple[Any, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(int(index(value)) for value in values)
+    except TypeError as exc:
+        raise ConfigurationError(f"object_id, inputs and shape take integers: {exc}") from exc
+
+
+def _int_list(values: tuple[int, ...]) -> str:
+    return "[" + ",".join(map(str, values)) + "]"
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    """``"[2,3]"`` -> ``(2, 3)``: the inverse of the int lists :meth:`EventLog._encode` writes."""
+    if text is None:
+        return None
+    return tuple(map(int, text[1:-1].split(","))) if len(text) > 2 else ()
+
+
+# One daemon thread flushes every live log on its interval; an atexit hook flushes the rest.
+_registry: weakref.WeakSet[EventLog] = weakref.WeakSet()
+_registry_lock = threading.Lock()
+_wake = threading.Event()
+_flusher: threading.Thread | None = None
+
+
+def _register(log: EventLog) -> None:
+    global _flusher
+    with _registry_lock:
+        _registry.add(log)
+        if _flusher is None or not _flusher.is_alive():
+            _flusher = threading.Thread(
+                target=_flush_forever, name="bastion-eventlog-flusher", daemon=True
+            )
+            _flusher.start()
+    _wake.set()  # a shorter interval takes effect now
+
+
+def _flush_due() -> float:
+    """Flush the logs whose interval has passed; return how long to sleep."""
+    with _registry_lock:
+        logs = list(_registry)
+    now, sleep = time.monotonic(), 1.0
+    for log in logs:
+        due = log._last_flush + log.flush_interval
+        if due <= now:
+            log._background_flush()
+            due = time.monotonic() + log.flush_interval
+        sleep = min(sleep, due - now)
+    return max(sleep, 0.005)
+
+
+def _flush_forever() -> None:
+    while True:
+        timeout = _flush_due()
+        _wake.wait(timeout)
+        _wake.clear()
+
+
+@atexit.register
+def _flush_all() -> None:
+    with _registry_lock:
+        logs = list(_registry)
+    for log in logs:
+        try:
+            log.flush()
+        except EventLogError as exc:
+            _log.error("eventlog.lost_at_exit", worker=log.worker_id, error=str(exc))
