@@ -20,14 +20,14 @@ import torch
 # ---------------------------------------------------------------------------- values
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ref:
     """An object held by the receiving worker, named by its id (a pointer on the wire)."""
 
     id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TensorSpec:
     """What a client learns of a tensor a worker now holds: enough to build a pointer."""
 
@@ -37,7 +37,7 @@ class TensorSpec:
     requires_grad: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ObjectSpec:
     """A non-tensor object a worker now holds (a number, a list...): ``type_name`` says what."""
 
@@ -45,7 +45,7 @@ class ObjectSpec:
     type_name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ErrorInfo:
     """A refusal or failure, by exception class name and message."""
 

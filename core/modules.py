@@ -36,7 +36,7 @@ from bastion.pointer import (
 from bastion.worker import BaseWorker
 
 _POINTER_STATE = ("location", "id_at_location", "owner", "id", "garbage_collect_data",
-                  "_gone", "_requires_grad", "_leaf")
+                  "_gone", "_requires_grad", "_leaf", "_shape", "_itemsize")
 
 
 def _parameters(module: nn.Module) -> Iterator[nn.Parameter]:
@@ -70,8 +70,8 @@ def send_module(module: nn.Module, worker: BaseWorker) -> nn.Module:
         param.grad = None
         param.__class__ = PointerParameter
         _init_pointer(param, worker, spec.id)
-        param.__dict__["_requires_grad"] = spec.requires_grad
-        param.__dict__["_leaf"] = True
+        param.__dict__.update(_requires_grad=spec.requires_grad, _leaf=True,
+                              _shape=spec.shape, _itemsize=spec.dtype.itemsize)
         if grad is not None:
             param.grad = worker.send(grad)
     for sub, name, buffer in _buffers(module):

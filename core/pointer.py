@@ -18,6 +18,7 @@ tensor(9.)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,19 +39,24 @@ from bastion.worker import BaseWorker, local_worker
 _DisableSubclass = torch._C.DisableTorchFunctionSubclass
 
 
-_SCALARS: dict[torch.dtype, torch.Tensor] = {}
+_PLACEHOLDERS: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
 
 
 def _placeholder(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """One element of ``dtype`` seen as ``shape`` (stride 0 everywhere): no memory.
 
-    Pointers share one scalar per dtype; its value means nothing and is never read, since
-    every function that reaches a pointer goes to its worker or reads only shape and dtype.
+    Pointers share these (one per shape and dtype); their value means nothing and is never
+    read, since every function that reaches a pointer goes to its worker or reads only shape
+    and dtype.
     """
-    scalar = _SCALARS.get(dtype)
-    if scalar is None:
-        scalar = _SCALARS[dtype] = torch.zeros((), dtype=dtype)
-    return scalar.expand(shape)
+    key = (shape, dtype)
+    placeholder = _PLACEHOLDERS.get(key)
+    if placeholder is None:
+        if len(_PLACEHOLDERS) > 4096:
+            _PLACEHOLDERS.clear()
+        placeholder = torch.zeros((), dtype=dtype).expand(shape)
+        _PLACEHOLDERS[key] = placeholder
+    return placeholder
 
 
 class _PointerMixin:
@@ -115,16 +121,20 @@ class PointerTensor(_PointerMixin, torch.Tensor):
         state = pointer.__dict__
         state["_requires_grad"] = spec.requires_grad
         state["_leaf"] = not spec.requires_grad if leaf is None else leaf
+        state["_shape"] = spec.shape
+        state["_itemsize"] = spec.dtype.itemsize
         return pointer
 
     def _nbytes(self) -> int:
-        with _DisableSubclass():
-            return self.numel() * self.element_size()
+        shape = self.__dict__.get("_shape")
+        return math.prod(shape) * self.__dict__["_itemsize"] if shape is not None else 0
 
     def _update(self, spec: TensorSpec) -> None:
         """An in-place op changed the remote object: follow its shape, dtype and grad flag."""
         state = self.__dict__
         state["_requires_grad"] = spec.requires_grad
+        state["_shape"] = spec.shape
+        state["_itemsize"] = spec.dtype.itemsize
         with _DisableSubclass():
             same = self.shape == spec.shape and self.dtype == spec.dtype
         if not same:
@@ -321,7 +331,7 @@ def _to_wire(value: Any, call: _Call) -> Any:
     if isinstance(value, torch.Tensor):
         return value  # a plain tensor travels along with the request
     if kind is tuple or kind is list:
-        return kind(_to_wire(item, call) for item in value)
+        return kind([_to_wire(item, call) for item in value])
     if kind is dict:
         return {key: _to_wire(item, call) for key, item in value.items()}
     if kind is slice:
@@ -352,7 +362,7 @@ def _from_wire(value: Any, location: BaseWorker, call: _Call) -> Any:
 def _run_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     name = ops.name_of(func)
     call = _Call()
-    wire_args = tuple(_to_wire(arg, call) for arg in args)
+    wire_args = tuple([_to_wire(arg, call) for arg in args])
     wire_kwargs = {key: _to_wire(arg, call) for key, arg in kwargs.items()} if kwargs else {}
     location = call.location
     if location is None:  # e.g. a spent pointer inside a structure we do not walk

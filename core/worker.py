@@ -66,6 +66,9 @@ def _spec(obj_id: int, value: Any) -> TensorSpec | ObjectSpec:
     return ObjectSpec(obj_id, type(value).__name__)
 
 
+_FLAT = frozenset({int, float, bool, str, type(None)})
+
+
 def _is_structseq(value: Any) -> bool:
     return type(value).__module__ == "torch.return_types"
 
@@ -136,21 +139,18 @@ class Worker:
     def _record_create(
         self, obj_id: int, value: Any, peer: str, origin: str, op: str | None = None,
         inputs: tuple[int, ...] = (),
-    ) -> None:
+    ) -> TensorSpec | ObjectSpec:
+        """Log the ``create`` of ``value`` under ``obj_id``; returns what the client learns."""
         digest = payload_digest(value)
         self.store.digests[obj_id] = digest
-        tensor = isinstance(value, torch.Tensor)
-        self.log.append(
-            "create",
-            object_id=obj_id,
-            peer=peer,
-            origin=origin,
-            op=op,
-            inputs=inputs,
-            dtype=dtype_name(value.dtype) if tensor else type(value).__name__,
-            shape=tuple(value.shape) if tensor else None,
-            digest=digest,
-        )
+        if isinstance(value, torch.Tensor):
+            shape = tuple(value.shape)
+            self.log.record("create", obj_id, peer, origin, op, inputs, dtype_name(value.dtype),
+                            shape, digest, None)  # fmt: skip
+            return TensorSpec(obj_id, shape, value.dtype, value.requires_grad)
+        kind = type(value).__name__
+        self.log.record("create", obj_id, peer, origin, op, inputs, kind, None, digest, None)
+        return ObjectSpec(obj_id, kind)
 
     def _digest(self, obj_id: int, value: Any) -> str:
         digest = self.store.digests.get(obj_id)
@@ -162,6 +162,24 @@ class Worker:
         log.warning("request denied", worker=self.id, peer=peer, request=request, why=why)
         return PermissionDenied(f"worker {self.id} refused {request} from {peer}: {why}")
 
+    def _resolve_args(self, args: tuple, inputs: dict[int, int]) -> tuple:
+        """Fast path for the usual flat argument tuple of Refs and plain values."""
+        objects = self.store.objects
+        resolved = []
+        for arg in args:
+            kind = type(arg)
+            if kind is Ref:
+                obj = objects.get(arg.id)
+                if obj is None:
+                    raise self.store.not_found(arg.id)
+                inputs[id(obj)] = arg.id
+                resolved.append(obj)
+            elif kind in _FLAT:
+                resolved.append(arg)
+            else:
+                resolved.append(self._resolve(arg, inputs))
+        return tuple(resolved)
+
     def _resolve(self, value: Any, inputs: dict[int, int]) -> Any:
         kind = type(value)
         if kind is Ref:
@@ -169,7 +187,7 @@ class Worker:
             inputs[id(obj)] = value.id
             return obj
         if kind is tuple or kind is list:
-            return kind(self._resolve(item, inputs) for item in value)
+            return kind([self._resolve(item, inputs) for item in value])
         if kind is dict:
             return {key: self._resolve(item, inputs) for key, item in value.items()}
         if kind is slice:
@@ -185,9 +203,8 @@ class Worker:
         obj_id = inputs.get(id(value))
         if obj_id is None:
             obj_id = self._fresh_id()
-        self.store.put(obj_id, value, replace=True)
-        self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()))
-        return _spec(obj_id, value)
+        self.store.objects[obj_id] = value
+        return self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()))
 
     def _store_result(
         self, result: Any, inputs: dict[int, int], peer: str, origin: str, op: str
@@ -218,8 +235,7 @@ class Worker:
     def _create(self, message: Create, peer: str) -> TensorSpec | ObjectSpec:
         obj_id = message.obj_id if message.obj_id is not None else self._fresh_id()
         self.store.put(obj_id, message.value)
-        self._record_create(obj_id, message.value, peer, message.origin)
-        return _spec(obj_id, message.value)
+        return self._record_create(obj_id, message.value, peer, message.origin)
 
     def _get(self, message: Get, peer: str) -> Any:
         obj = self.store.get(message.obj_id)
@@ -253,10 +269,11 @@ class Worker:
 
     def _delete(self, message: Delete, peer: str) -> int:
         dropped = 0
+        record = self.log.record
         for obj_id in message.obj_ids:
             if self.store.discard(obj_id):
                 dropped += 1
-                self.log.append("delete", object_id=obj_id, peer=peer)
+                record("delete", obj_id, peer, None, None, (), None, None, None, None)
         return dropped
 
     def _clear(self, message: Clear, peer: str) -> int:
@@ -270,8 +287,8 @@ class Worker:
         except UnsupportedOperation as exc:
             raise self._deny(peer, "run", str(exc), op=str(message.op)) from None
         inputs: dict[int, int] = {}
-        args = self._resolve(message.args, inputs)
-        kwargs = self._resolve(message.kwargs, inputs)
+        args = self._resolve_args(message.args, inputs)
+        kwargs = self._resolve(message.kwargs, inputs) if message.kwargs else {}
         if message.grad_enabled == torch.is_grad_enabled():
             result = func(*args, **kwargs)
         else:

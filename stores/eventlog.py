@@ -27,6 +27,7 @@ from operator import index
 from typing import Any
 
 import blake3
+import msgpack
 import sqlalchemy as sa
 from bastion.errors import ConfigurationError, EventLogError
 from bastion.events import EVENT_KINDS, Event
@@ -85,8 +86,8 @@ events_table = sa.Table(
     sa.Column("detail", sa.Text, nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # One secondary index (lineage looks objects up); each index costs ~0.8 µs per append.
     sa.Index("ix_bastion_events_object", "worker_id", "object_id"),
-    sa.Index("ix_bastion_events_kind", "worker_id", "kind"),
 )
 schema_table = sa.Table(
     "bastion_schema", metadata, sa.Column("version", sa.Integer, nullable=False)
@@ -112,16 +113,34 @@ def event_hash(
     dtype: str | None,
     shape: Sequence[int] | None,
     digest: str | None,
-    detail: dict[str, Any] | None,
+    detail: dict[str, Any] | str | None,
 ) -> str:
-    """BLAKE3 (hex) over compact, key-sorted JSON of ``prev_hash`` and every field of an event.
+    """BLAKE3 (hex) over ``prev_hash`` and the MessagePack encoding of every field of an event.
 
-    ``inputs`` and ``shape`` hash as lists, a missing ``detail`` as ``{}``: the values a row
-    reads back as. The first event of a worker has ``prev_hash=""``.
+    The encoding is ``msgpack.packb([worker, seq, ts, kind, object_id, peer, origin, op,
+    inputs, dtype, shape, detail])`` with ``inputs`` and ``shape`` as lists (``shape`` may be
+    nil) and ``detail`` as its compact, key-sorted JSON text (``"{}"`` when missing), plus
+    ``digest`` in its place after ``shape``: unambiguous, and about twice as fast as JSON.
+    The first event of a worker has ``prev_hash=""``.
     """
-    fields = [prev_hash, worker, seq, ts, kind, object_id, peer, origin, op, inputs, dtype,
-              shape, digest, detail or {}]  # fmt: skip
-    return blake3.blake3(_canonical(fields).encode()).hexdigest()
+    if not isinstance(detail, str):
+        detail = _canonical(detail) if detail else "{}"
+    fields = (worker, seq, ts, kind, object_id, peer, origin, op, tuple(inputs), dtype,
+              None if shape is None else tuple(shape), digest, detail)  # fmt: skip
+    return _hash(prev_hash, fields)
+
+
+_packers = threading.local()
+
+
+def _hash(prev_hash: str, fields: tuple[Any, ...]) -> str:
+    """BLAKE3 over ``prev_hash`` and ``msgpack(fields)`` (tuples pack as arrays)."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer()
+    hasher = blake3.blake3(prev_hash.encode())
+    hasher.update(packer.pack(fields))
+    return hasher.hexdigest()
 
 
 def expected_hash(event: Event) -> str:
@@ -255,6 +274,24 @@ class EventLog:
                 detail_json = _canonical(detail)
             except (TypeError, ValueError, RecursionError) as exc:
                 raise ConfigurationError(f"event detail must be plain JSON data: {exc}") from exc
+        return self.record(kind, object_id, peer, origin, op, inputs, dtype, shape, digest,
+                           detail_json)  # fmt: skip
+
+    def record(
+        self,
+        kind: str,
+        object_id: int | None,
+        peer: str | None,
+        origin: str | None,
+        op: str | None,
+        inputs: tuple[int, ...],
+        dtype: str | None,
+        shape: tuple[int, ...] | None,
+        digest: str | None,
+        detail_json: str | None,
+    ) -> int:
+        """``append`` without the checks, for callers whose values are already well-typed
+        (the worker, on every operation): ints, tuples of ints, strings, canonical JSON."""
         with self._lock:
             if self._closed:
                 raise EventLogError(f"the event log of {self.worker_id!r} is closed")
@@ -300,11 +337,20 @@ class EventLog:
 
     def _encode(self, batch: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], str]:
         worker, prev, rows = self.worker_id, self._last_hash, []
+        shapes = _SHAPE_TEXT
         for item in batch:
             seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape, digest, detail = item
-            h = event_hash(prev, worker, *item[:-1], json.loads(detail) if detail else None)
+            h = _hash(prev, (worker, seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape,
+                             digest, detail or "{}"))  # fmt: skip
             inputs_json = _int_list(inputs) if inputs else None
-            shape_json = None if shape is None else _int_list(shape)
+            if shape is None:
+                shape_json = None
+            else:
+                shape_json = shapes.get(shape)
+                if shape_json is None:
+                    if len(shapes) > 4096:
+                        shapes.clear()
+                    shape_json = shapes[shape] = _int_list(shape)
             rows.append((worker, seq, ts, kind, oid, peer, origin, op, inputs_json, dtype,
                          shape_json, digest, detail, prev, h))  # fmt: skip
             prev = h
@@ -445,6 +491,9 @@ def _to_ints(values: tuple[Any, ...]) -> tuple[int, ...]:
         return tuple(int(index(value)) for value in values)
     except TypeError as exc:
         raise ConfigurationError(f"object_id, inputs and shape take integers: {exc}") from exc
+
+
+_SHAPE_TEXT: dict[tuple[int, ...], str] = {}
 
 
 def _int_list(values: tuple[int, ...]) -> str:

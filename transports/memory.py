@@ -27,13 +27,18 @@ import torch
 
 from bastion import serde
 from bastion.errors import ConnectionLost, TransportError
-from bastion.messages import CallFunction, Create, Reply, RunOp
+from bastion.messages import CallFunction, Create, Ref, Reply, RunOp
 from bastion.plugins.hookspecs import hookimpl
 from bastion.transports.base import Connection, Server, Transport
 
 
+_ATOMS = frozenset({int, float, bool, str, type(None), Ref})
+
+
 def isolate(value: Any) -> Any:
     """``value`` with every tensor replaced by a detached copy (keeping ``requires_grad``)."""
+    if type(value) in _ATOMS:
+        return value
     if isinstance(value, torch.Tensor):
         copy = value.detach().clone()
         if value.requires_grad:
@@ -41,8 +46,12 @@ def isolate(value: Any) -> Any:
         return copy
     kind = type(value)
     if kind is tuple or kind is list:
-        return kind(isolate(item) for item in value)
+        if _ATOMS.issuperset(map(type, value)):
+            return value
+        return kind([isolate(item) for item in value])
     if kind is dict:
+        if not value or _ATOMS.issuperset(map(type, value.values())):
+            return value
         return {key: isolate(item) for key, item in value.items()}
     return value
 
@@ -52,9 +61,10 @@ def _isolate_message(message: Any) -> Any:
     if kind is Create:
         return Create(isolate(message.value), message.obj_id, message.origin)
     if kind is RunOp:
-        return RunOp(
-            message.op, isolate(message.args), isolate(message.kwargs), message.grad_enabled
-        )
+        args, kwargs = isolate(message.args), isolate(message.kwargs)
+        if args is message.args and kwargs is message.kwargs:
+            return message
+        return RunOp(message.op, args, kwargs, message.grad_enabled)
     if kind is CallFunction:
         return CallFunction(
             message.code, isolate(message.args), isolate(message.kwargs), message.grad_enabled

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import blake3
+import msgpack
 import pytest
 import torch
 from bastion.errors import ConfigurationError, EventLogError
@@ -288,7 +289,7 @@ def test_editing_or_deleting_a_row_breaks_the_chain(tmp_path: Path) -> None:
             assert_chain(log.events())
 
 
-def test_event_hash_is_blake3_over_compact_sorted_json() -> None:
+def test_event_hash_is_blake3_over_msgpack_with_detail_as_sorted_json() -> None:
     fields = [
         "w",
         1,
@@ -304,8 +305,10 @@ def test_event_hash_is_blake3_over_compact_sorted_json() -> None:
         "ab",
         {"z": 1, "a": [2]},
     ]
-    text = json.dumps(["prev", *fields], sort_keys=True, separators=(",", ":"))
-    assert event_hash("prev", *fields) == blake3.blake3(text.encode()).hexdigest()
+    detail = json.dumps(fields[-1], sort_keys=True, separators=(",", ":"))
+    packed = msgpack.packb([*fields[:-1], detail])
+    assert event_hash("prev", *fields) == blake3.blake3(b"prev" + packed).hexdigest()
+    assert event_hash("prev", *fields[:-1], detail) == event_hash("prev", *fields)
     assert event_hash("prev", *fields[:-1], None) == event_hash("prev", *fields[:-1], {})
     every_field = {field.name for field in dataclasses.fields(Event)}
     assert set(HASHED_FIELDS) == every_field - {"prev_hash", "hash"}
