@@ -50,7 +50,7 @@ def bench_pointer_op(number: int, repeat: int) -> None:
     for serialize in (False, True):
         worker = sy.VirtualWorker(id=f"bench-op-{int(serialize)}", serialize=serialize)
         x, y = worker.send(a), worker.send(b)
-        seconds = _median_seconds(lambda: x + y, number, repeat)
+        seconds = _median_seconds(lambda x=x, y=y: x + y, number, repeat)
         label = "VirtualWorker serialize=True" if serialize else "VirtualWorker (direct)"
         _row(label, seconds, "plain torch", plain)
         print(f"  {'':<44} overhead {(seconds - plain) * 1e6:8.2f} us per op (target < 25 us)")
@@ -65,7 +65,9 @@ def bench_send_get(repeat: int, big_mib: int) -> None:
         clone = _median_seconds(tensor.clone, number, repeat)
         for serialize in (False, True):
             worker = sy.VirtualWorker(id=f"bench-sg-{int(serialize)}", serialize=serialize)
-            seconds = _median_seconds(lambda: worker.send(tensor).get(), number, repeat)
+            seconds = _median_seconds(
+                lambda w=worker, t=tensor: w.send(t).get(), number, repeat
+            )
             mode = "serialized" if serialize else "direct"
             unit = "us" if numel < 10_000 else "ms"
             _row(f"{label} send+get ({mode})", seconds, "tensor.clone()", clone, unit)

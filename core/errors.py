@@ -21,7 +21,7 @@ class LocationError(BastionError):
 
 
 class ObjectNotFoundError(BastionError):
-    """A pointer refers to an object its worker no longer holds (fetched, moved, deleted, cleared)."""
+    """A pointer names an object its worker no longer holds (fetched, moved, deleted...)."""
 
 
 class ObjectExistsError(BastionError):
@@ -37,7 +37,7 @@ class SerializationError(BastionError):
 
 
 class RemoteValueError(BastionError, TypeError):
-    """Python asked for a local value (``bool``, ``int``, ``len``...) of data that lives on a worker."""
+    """Python asked for a local value (``bool``, ``int``...) of data that lives on a worker."""
 
 
 class UnsupportedOperation(BastionError):

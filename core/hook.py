@@ -66,7 +66,7 @@ class TorchHook:
         self.hooked = True
         with _lock:
             if _active == 0:
-                for cls, name, value in _ADDITIONS:
+                for cls, name, _ in _ADDITIONS:
                     if name in cls.__dict__:
                         raise ConfigurationError(
                             f"{cls.__name__}.{name} already exists; another library hooked "

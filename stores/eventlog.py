@@ -29,12 +29,13 @@ from typing import Any
 import blake3
 import msgpack
 import sqlalchemy as sa
-from bastion.errors import ConfigurationError, EventLogError
-from bastion.events import EVENT_KINDS, Event
-from bastion.logs import get_logger
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
+
+from bastion.errors import ConfigurationError, EventLogError
+from bastion.events import EVENT_KINDS, Event
+from bastion.logs import get_logger
 
 SCHEMA_VERSION = 1
 DURABILITY_MODES = ("batched", "strict")

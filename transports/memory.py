@@ -31,7 +31,6 @@ from bastion.messages import CallFunction, Create, Ref, Reply, RunOp
 from bastion.plugins.hookspecs import hookimpl
 from bastion.transports.base import Connection, Server, Transport
 
-
 _ATOMS = frozenset({int, float, bool, str, type(None), Ref})
 
 

@@ -179,7 +179,8 @@ def test_multiple_results_and_iteration(m1):
     values, indices = torch.max(p, dim=1)
     assert isinstance(values, sy.PointerTensor) and isinstance(indices, sy.PointerTensor)
     result = torch.max(p, dim=1)
-    assert type(result).__name__ == "max" and torch.equal(result.indices.get(), torch.tensor([1, 0]))
+    assert type(result).__name__ == "max"
+    assert torch.equal(result.indices.get(), torch.tensor([1, 0]))
     first, second = torch.split(p, 1)
     assert torch.equal(second.get(), t[1:])
     rows = list(p)
