@@ -7,8 +7,6 @@ import tracemalloc
 
 import torch
 
-import bastion as sy
-
 
 def test_collecting_the_last_pointer_deletes_the_remote_object(m1):
     p = torch.tensor([1]).send(m1)

@@ -19,11 +19,12 @@ import blake3
 import msgpack
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from bastion.errors import ConfigurationError, EventLogError
 from bastion.events import Event
 from bastion.stores import HASHED_FIELDS, EventLog, event_hash, expected_hash
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 
 def assert_chain(events: list[Event]) -> None:
