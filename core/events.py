@@ -76,11 +76,17 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     data = tensor.detach() if tensor.requires_grad else tensor
     if data.numel() == 0:
         return memoryview(b"")
-    if data.dtype in _NUMPY_VIEWABLE and data.is_cpu and data.is_contiguous():
+    if (
+        data.dtype in _NUMPY_VIEWABLE
+        and data.is_cpu
+        and data.is_contiguous()
+        and not data.is_neg()
+    ):
         return memoryview(data.numpy()).cast("B")
     if not data.is_cpu:
         data = data.cpu()
-    data = data.resolve_conj().resolve_neg().contiguous()
+    # A fresh dense copy: no conj or neg bit, unit strides even for one-element tensors.
+    data = data.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
     return memoryview(data.reshape(-1).view(torch.uint8).numpy())
 
 

@@ -24,7 +24,7 @@ pm.add_hookspecs(hookspecs)
 
 _lock = threading.Lock()
 _loaded = False
-_instances: dict[str, Any] = {}
+_instances: dict[type, Any] = {}
 
 
 def _load_defaults() -> None:
@@ -61,16 +61,18 @@ def transports() -> dict[str, type]:
 
 
 def get_transport(scheme: str) -> Any:
-    """The (shared) transport instance that serves ``scheme``."""
-    transport = _instances.get(scheme)
-    if transport is None:
-        cls = transports().get(scheme)
-        if cls is None:
-            raise TransportError(
-                f"no transport serves {scheme!r} addresses; loaded schemes: "
-                f"{', '.join(sorted(transports()))}"
-            )
-        transport = _instances.setdefault(scheme, cls())
+    """The (shared) instance of the transport class that serves ``scheme`` now."""
+    found = transports()
+    cls = found.get(scheme)
+    if cls is None:
+        raise TransportError(
+            f"no transport serves {scheme!r} addresses; loaded schemes: "
+            f"{', '.join(sorted(found))}"
+        )
+    with _lock:
+        transport = _instances.get(cls)
+        if transport is None:
+            transport = _instances[cls] = cls()
     return transport
 
 
