@@ -513,6 +513,8 @@ class VirtualWorker(BaseWorker):
         self.close()
 
     def __repr__(self) -> str:
+        if self._server.closed:
+            return f"<VirtualWorker id:{self.id} closed>"
         return f"<VirtualWorker id:{self.id} #objects:{len(self._objects)}>"
 
 

@@ -1,1 +1,2 @@
-"""placeholder"""
+"""Federated learning on bastion (reserved: datasets on workers, FedAvg, DP build here on the
+public pointer API; nothing is exported yet)."""

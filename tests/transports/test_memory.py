@@ -64,6 +64,7 @@ def test_a_closed_worker_gives_connection_lost():
     worker = sy.VirtualWorker(id="closing")
     pointer = worker.send(torch.ones(1))
     worker.close()
+    assert repr(worker) == "<VirtualWorker id:closing closed>"
     with pytest.raises(sy.ConnectionLost, match="closed"):
         pointer + 1
     with pytest.raises(sy.TransportError, match="no in-memory worker"):
