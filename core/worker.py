@@ -87,11 +87,14 @@ class Worker:
         db: str | None = None,
         durability: str = "batched",
         allow_code: bool = False,
+        connect_options: dict[str, Any] | None = None,
     ) -> None:
         self.id = id
         self.store = ObjectStore(id)
         self.log = EventLog(db, id, durability=durability)
         self.allow_code = allow_code
+        #: options for the connections this worker opens itself (moves): authkey, ssl_context...
+        self.connect_options = dict(connect_options or {})
         self._lock = threading.RLock()
         self._peers: dict[str, Any] = {}
         self._handlers = {
@@ -156,7 +159,11 @@ class Worker:
         digest = self.store.digests.get(obj_id)
         return digest if digest is not None else payload_digest(value)
 
-    def _deny(self, peer: str, request: str, why: str, **detail: Any) -> PermissionDenied:
+    def record_denied(self, peer: str, request: str, why: str, **detail: Any) -> PermissionDenied:
+        """Record a refused request as a ``denied`` event; returns the error to raise or send.
+
+        Transports call it too, e.g. for a peer that failed authentication.
+        """
         self.log.append("denied", peer=peer, op=detail.pop("op", None),
                         detail={"request": request, "why": why, **detail})
         log.warning("request denied", worker=self.id, peer=peer, request=request, why=why)
@@ -226,7 +233,7 @@ class Worker:
     def _connect(self, address: str) -> Any:
         connection = self._peers.get(address)
         if connection is None:
-            connection = plugins.connect(address, peer=self.id)
+            connection = plugins.connect(address, peer=self.id, **self.connect_options)
             self._peers[address] = connection
         return connection
 
@@ -285,7 +292,7 @@ class Worker:
         try:
             func = ops.resolve(message.op)
         except UnsupportedOperation as exc:
-            raise self._deny(peer, "run", str(exc), op=str(message.op)) from None
+            raise self.record_denied(peer, "run", str(exc), op=str(message.op)) from None
         inputs: dict[int, int] = {}
         args = self._resolve_args(message.args, inputs)
         kwargs = self._resolve(message.kwargs, inputs) if message.kwargs else {}
@@ -298,7 +305,7 @@ class Worker:
 
     def _call(self, message: CallFunction, peer: str) -> Any:
         if not self.allow_code:
-            raise self._deny(
+            raise self.record_denied(
                 peer, "call", "this worker does not run shipped code; start it with "
                 "allow_code=True to allow it"
             )

@@ -135,12 +135,17 @@ class MemoryTransport(Transport):
             self._servers[address] = server
         return server
 
+    #: Options of network transports that mean nothing in one process (a worker's own
+    #: connect options are passed along when it moves an object here).
+    IGNORED_OPTIONS = frozenset({"authkey", "timeout", "ssl_context", "server_hostname"})
+
     def connect(
         self, address: str, *, peer: str = "me", serialize: bool | None = None, **options: Any
     ) -> MemoryConnection:
         """Connect to the worker at ``address``; ``serialize`` defaults to the server's mode."""
-        if options:
-            raise TransportError(f"memory transport has no options {sorted(options)}")
+        unknown = set(options) - self.IGNORED_OPTIONS
+        if unknown:
+            raise TransportError(f"memory transport has no options {sorted(unknown)}")
         server = self._servers.get(address)
         if server is None or server.closed:
             raise TransportError(
