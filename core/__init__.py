@@ -30,6 +30,7 @@ from bastion.events import Event
 from bastion.hook import TorchHook
 from bastion.modules import get_module, send_module
 from bastion.pointer import ObjectPointer, PointerParameter, PointerTensor
+from bastion.remote import RemoteWorker, SpawnedWorker, WorkerServer, connect, serve, spawn
 from bastion.worker import BaseWorker, LocalWorker, VirtualWorker, Worker, local_worker
 
 __version__ = "0.1.0"
@@ -57,8 +58,14 @@ __all__ = [
     "UnsupportedOperation",
     "VirtualWorker",
     "Worker",
+    "RemoteWorker",
+    "SpawnedWorker",
+    "WorkerServer",
+    "connect",
     "get_module",
     "local_worker",
     "send_module",
+    "serve",
+    "spawn",
     "__version__",
 ]

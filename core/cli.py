@@ -8,6 +8,11 @@ True
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import signal
+
 import click
 
 from bastion import __version__
@@ -26,6 +31,58 @@ def demo(serialize: bool) -> None:
     from bastion.demo import seed_tutorial
 
     seed_tutorial(echo=click.echo, serialize=serialize)
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--id", "worker_id", required=True, help="The worker's id, e.g. M1.")
+@click.option("--db", default=None, help="Event log: a SQLite file or SQLAlchemy URL.")
+@click.option("--authkey-env", default="BASTION_AUTHKEY", show_default=True,
+              help="Environment variable holding the shared key.")
+@click.option("--durability", type=click.Choice(["batched", "strict"]), default="batched",
+              show_default=True)
+@click.option("--allow-code", is_flag=True, help="Run functions shipped by authenticated peers.")
+def serve(address: str, worker_id: str, db: str | None, authkey_env: str, durability: str,
+          allow_code: bool) -> None:  # fmt: skip
+    """Serve a worker at ADDRESS (tcp://HOST:PORT) until SIGINT or SIGTERM."""
+    from bastion.errors import BastionError
+    from bastion.logs import configure
+    from bastion.remote import serve as serve_worker
+
+    configure()
+    authkey = os.environ.get(authkey_env)
+    if not authkey and not address.startswith("memory://"):
+        raise click.UsageError(f"set the shared key in ${authkey_env} (or --authkey-env NAME)")
+    try:
+        served = serve_worker(address, id=worker_id, db=db, authkey=authkey,
+                              durability=durability, allow_code=allow_code)  # fmt: skip
+    except BastionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: served.close())
+    click.echo(f"serving {worker_id} at {served.address}", err=False)
+    served.wait()
+    click.echo(f"stopped {worker_id}; event log flushed")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per plugin.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins, their versions and the address schemes they serve."""
+    from bastion import plugins as registry
+
+    infos = registry.plugin_info()
+    if as_json:
+        for info in infos:
+            click.echo(json.dumps(dataclasses.asdict(info)))
+        return
+    for info in infos:
+        where = "built-in" if info.builtin else info.version
+        state = f"FAILED: {info.error}" if info.error else ", ".join(info.schemes) or "-"
+        click.echo(f"{info.name:<32} {where:<10} {state}")
+    for problem in registry.problems():
+        if "failed to load" not in problem:
+            click.echo(f"problem: {problem}", err=True)
 
 
 def main() -> None:

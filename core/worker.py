@@ -69,6 +69,13 @@ def _spec(obj_id: int, value: Any) -> TensorSpec | ObjectSpec:
 _FLAT = frozenset({int, float, bool, str, type(None)})
 
 
+def _notify_plugins(build: Any) -> None:
+    """Hand written events to ``bastion_event`` plugins, building them only if any listen."""
+    if plugins.has_observers():
+        for event in build():
+            plugins.observe(event)
+
+
 def _is_structseq(value: Any) -> bool:
     return type(value).__module__ == "torch.return_types"
 
@@ -91,7 +98,7 @@ class Worker:
     ) -> None:
         self.id = id
         self.store = ObjectStore(id)
-        self.log = EventLog(db, id, durability=durability)
+        self.log = EventLog(db, id, durability=durability, observer=_notify_plugins)
         self.allow_code = allow_code
         #: options for the connections this worker opens itself (moves): authkey, ssl_context...
         self.connect_options = dict(connect_options or {})

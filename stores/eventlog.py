@@ -173,6 +173,7 @@ class EventLog:
         durability: str = "batched",
         batch_size: int = 512,
         flush_interval: float = 0.2,
+        observer: Callable[[Callable[[], list[Event]]], None] | None = None,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise ConfigurationError(
@@ -188,6 +189,9 @@ class EventLog:
         self.worker_id = worker_id
         self.durability = durability
         self.batch_size = batch_size
+        #: called after each written batch with a function that builds its ``Event``s
+        #: (built only if asked for: observing costs nothing when nobody listens)
+        self.observer = observer
         self.flush_interval = flush_interval
         self._strict = durability == "strict"
         self._lock = threading.Lock()  # seq numbers and the pending list
@@ -335,6 +339,11 @@ class EventLog:
                 f"cannot write {len(batch)} events to {self._safe_url()}: {_reason(exc)}; {hint}."
             ) from exc
         self._last_hash = last_hash
+        if self.observer is not None:
+            try:
+                self.observer(lambda: [_event(row) for row in rows])
+            except Exception as exc:  # an observer never breaks the log
+                _log.warning("eventlog.observer_failed", worker=self.worker_id, error=str(exc))
 
     def _encode(self, batch: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], str]:
         worker, prev, rows = self.worker_id, self._last_hash, []

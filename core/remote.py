@@ -1,0 +1,213 @@
+"""Workers beyond this process: ``connect`` to one, ``serve`` one, ``spawn`` one in a child.
+
+>>> import torch, bastion as sy
+>>> server = sy.serve("memory://doc-remote", id="doc-remote")
+>>> worker = sy.connect("memory://doc-remote")
+>>> worker
+<RemoteWorker id:doc-remote address:memory://doc-remote>
+>>> (worker.send(torch.ones(2)) * 3).get()
+tensor([3., 3.])
+>>> worker.close(); server.close()
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from typing import Any
+
+from bastion import plugins
+from bastion.errors import ConfigurationError, TransportError
+from bastion.worker import BaseWorker, Worker, local_worker
+
+
+class RemoteWorker(BaseWorker):
+    """A worker reached through a transport, with the same pointer API as a VirtualWorker.
+
+    ``_objects`` is a remote listing: ``{id: TensorSpec | ObjectSpec}`` (the data stays there).
+    """
+
+    def __init__(self, connection: Any, *, garbage_collect: bool = True) -> None:
+        super().__init__(
+            connection.worker_id, connection.address, connection, garbage_collect=garbage_collect
+        )
+        self.closed = False
+
+    def close(self) -> None:
+        """Send pending deletes and close the connection; the worker keeps running."""
+        if self.closed:
+            return
+        try:
+            self._flush_deletes()
+        except Exception:  # the worker may already be gone; closing must still succeed
+            pass
+        self.closed = True
+        self._connection.close()
+
+    def __enter__(self) -> RemoteWorker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def connect(address: str, *, authkey: bytes | str | None = None, **options: Any) -> RemoteWorker:
+    """Connect to the worker served at ``address`` (``tcp://host:port``, ``shm://name``...).
+
+    Options go to the transport: ``authkey``, ``timeout``, ``ssl_context``...
+    """
+    if authkey is not None:
+        options["authkey"] = authkey
+    connection = plugins.connect(address, peer=local_worker.id, **options)
+    return RemoteWorker(connection)
+
+
+class WorkerServer:
+    """A worker being served: ``worker`` (its data side), ``address`` (the real one)."""
+
+    def __init__(self, worker: Worker, server: Any) -> None:
+        self.worker = worker
+        self.server = server
+        self.address: str = server.address
+        self._stopped = threading.Event()
+
+    def close(self) -> None:
+        """Stop serving, then flush and close the worker's event log."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        try:
+            self.server.close()
+        finally:
+            self.worker.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``close()`` (from another thread or a signal handler)."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> WorkerServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<WorkerServer id:{self.worker.id} address:{self.address}>"
+
+
+def serve(
+    address: str,
+    *,
+    id: str,
+    db: str | None = None,
+    authkey: bytes | str | None = None,
+    durability: str = "batched",
+    allow_code: bool = False,
+    **options: Any,
+) -> WorkerServer:
+    """Serve a new worker ``id`` at ``address``; it logs to ``db`` (default: in memory).
+
+    The ``authkey`` also authenticates this worker when it moves objects to other workers.
+    """
+    if not isinstance(id, str) or not id:
+        raise ConfigurationError(f"serve() needs a worker id, got {id!r}")
+    connect_options = {key: options[key] for key in ("ssl_context",) if key in options}
+    if authkey is not None:
+        options["authkey"] = authkey
+        connect_options["authkey"] = authkey
+    worker = Worker(id, db=db, durability=durability, allow_code=allow_code,
+                    connect_options=connect_options)  # fmt: skip
+    try:
+        server = plugins.serve(worker, address, **options)
+    except BaseException:
+        worker.close()
+        raise
+    return WorkerServer(worker, server)
+
+
+# ------------------------------------------------------------------------------ spawn
+
+_SPAWN_ADDRESSES = {"tcp": "tcp://127.0.0.1:0", "shm": "shm://{id}"}
+
+
+def _child_main(pipe: Any, address: str, id: str, options: dict[str, Any]) -> None:
+    try:
+        served = serve(address, id=id, **options)
+    except BaseException as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    pipe.send(("ready", served.address))
+    try:
+        pipe.recv()  # "stop", or EOFError when the parent is gone
+    except (EOFError, OSError):
+        pass
+    served.close()
+
+
+class SpawnedWorker(RemoteWorker):
+    """A worker in a child process (``spawn``); ``close()`` stops the child too."""
+
+    def __init__(self, connection: Any, process: Any, pipe: Any) -> None:
+        super().__init__(connection)
+        self.process = process
+        self._pipe = pipe
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the connection and stop the child, flushing its log."""
+        super().close()
+        if self.process.is_alive():
+            try:
+                self._pipe.send("stop")
+            except (OSError, ValueError):
+                pass
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)
+        self._pipe.close()
+
+    def kill(self) -> None:
+        """SIGKILL the child (for crash tests); the connection is then lost."""
+        self.process.kill()
+        self.process.join()
+
+
+def spawn(
+    scheme: str = "tcp",
+    *,
+    id: str,
+    authkey: bytes | str | None = None,
+    timeout: float = 60.0,
+    **options: Any,
+) -> SpawnedWorker:
+    """Start a worker ``id`` in a child process, served over ``scheme``, and connect to it.
+
+    Options (``db``, ``durability``, ``allow_code``) go to the child's ``serve``.
+    """
+    if scheme not in _SPAWN_ADDRESSES:
+        raise ConfigurationError(
+            f"spawn() serves over {sorted(_SPAWN_ADDRESSES)}, not {scheme!r}"
+        )
+    if authkey is None:
+        import secrets
+
+        authkey = secrets.token_hex(16)
+    options["authkey"] = authkey
+    context = multiprocessing.get_context("spawn")  # forking after torch ran threads hangs
+    parent, child = context.Pipe()
+    address = _SPAWN_ADDRESSES[scheme].format(id=id)
+    process = context.Process(
+        target=_child_main, args=(child, address, id, options), name=f"bastion-{id}",
+        daemon=True,
+    )
+    process.start()
+    child.close()
+    if not parent.poll(timeout):
+        process.kill()
+        raise TransportError(f"the worker {id!r} did not start within {timeout} s")
+    status, detail = parent.recv()
+    if status != "ready":
+        process.join(timeout)
+        raise TransportError(f"the worker {id!r} could not start: {detail}")
+    connection = plugins.connect(detail, peer=local_worker.id, authkey=authkey)
+    return SpawnedWorker(connection, process, parent)
