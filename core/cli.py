@@ -42,14 +42,21 @@ def demo(serialize: bool) -> None:
 @click.option("--durability", type=click.Choice(["batched", "strict"]), default="batched",
               show_default=True)
 @click.option("--allow-code", is_flag=True, help="Run functions shipped by authenticated peers.")
+@click.option("--quiet", is_flag=True, help="Log warnings and errors only.")
+@click.option("--stop-on-stdin-eof", is_flag=True, hidden=True,
+              help="Stop when standard input closes (a parent process went away).")
 def serve(address: str, worker_id: str, db: str | None, authkey_env: str, durability: str,
-          allow_code: bool) -> None:  # fmt: skip
-    """Serve a worker at ADDRESS (tcp://HOST:PORT) until SIGINT or SIGTERM."""
+          allow_code: bool, quiet: bool, stop_on_stdin_eof: bool) -> None:  # fmt: skip
+    """Serve a worker at ADDRESS (tcp://HOST:PORT, shm://NAME) until SIGINT or SIGTERM."""
+    import logging
+    import sys
+    import threading
+
     from bastion.errors import BastionError
     from bastion.logs import configure
     from bastion.remote import serve as serve_worker
 
-    configure()
+    configure(logging.WARNING if quiet else logging.INFO)
     authkey = os.environ.get(authkey_env)
     if not authkey and not address.startswith("memory://"):
         raise click.UsageError(f"set the shared key in ${authkey_env} (or --authkey-env NAME)")
@@ -58,10 +65,16 @@ def serve(address: str, worker_id: str, db: str | None, authkey_env: str, durabi
                               durability=durability, allow_code=allow_code)  # fmt: skip
     except BastionError as exc:
         raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: served.close())
-    click.echo(f"serving {worker_id} at {served.address}", err=False)
-    served.wait()
+        signal.signal(signum, lambda *_: stop.set())
+    if stop_on_stdin_eof:
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    click.echo(f"serving {worker_id} at {served.address}")
+    sys.stdout.flush()
+    while not stop.wait(0.5):
+        pass
+    served.close()
     click.echo(f"stopped {worker_id}; event log flushed")
 
 

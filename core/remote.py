@@ -12,7 +12,12 @@ tensor([3., 3.])
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -130,46 +135,31 @@ def serve(
 _SPAWN_ADDRESSES = {"tcp": "tcp://127.0.0.1:0", "shm": "shm://{id}"}
 
 
-def _child_main(pipe: Any, address: str, id: str, options: dict[str, Any]) -> None:
-    try:
-        served = serve(address, id=id, **options)
-    except BaseException as exc:
-        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    pipe.send(("ready", served.address))
-    try:
-        pipe.recv()  # "stop", or EOFError when the parent is gone
-    except (EOFError, OSError):
-        pass
-    served.close()
-
-
 class SpawnedWorker(RemoteWorker):
     """A worker in a child process (``spawn``); ``close()`` stops the child too."""
 
-    def __init__(self, connection: Any, process: Any, pipe: Any) -> None:
+    def __init__(self, connection: Any, process: subprocess.Popen) -> None:
         super().__init__(connection)
         self.process = process
-        self._pipe = pipe
 
     def close(self, timeout: float = 10.0) -> None:
-        """Close the connection and stop the child, flushing its log."""
+        """Close the connection and stop the child, which flushes its log."""
         super().close()
-        if self.process.is_alive():
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
             try:
-                self._pipe.send("stop")
-            except (OSError, ValueError):
-                pass
-            self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout)
-        self._pipe.close()
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
 
     def kill(self) -> None:
         """SIGKILL the child (for crash tests); the connection is then lost."""
         self.process.kill()
-        self.process.join()
+        self.process.wait()
 
 
 def spawn(
@@ -177,37 +167,43 @@ def spawn(
     *,
     id: str,
     authkey: bytes | str | None = None,
+    db: str | None = None,
+    durability: str = "batched",
+    allow_code: bool = False,
     timeout: float = 60.0,
-    **options: Any,
 ) -> SpawnedWorker:
-    """Start a worker ``id`` in a child process, served over ``scheme``, and connect to it.
+    """Start a worker ``id`` in a child process (``bastion serve``), served over ``scheme``.
 
-    Options (``db``, ``durability``, ``allow_code``) go to the child's ``serve``.
+    The child stops with ``close()``, and by itself when this process exits.
     """
     if scheme not in _SPAWN_ADDRESSES:
         raise ConfigurationError(
             f"spawn() serves over {sorted(_SPAWN_ADDRESSES)}, not {scheme!r}"
         )
     if authkey is None:
-        import secrets
-
         authkey = secrets.token_hex(16)
-    options["authkey"] = authkey
-    context = multiprocessing.get_context("spawn")  # forking after torch ran threads hangs
-    parent, child = context.Pipe()
-    address = _SPAWN_ADDRESSES[scheme].format(id=id)
-    process = context.Process(
-        target=_child_main, args=(child, address, id, options), name=f"bastion-{id}",
-        daemon=True,
-    )
-    process.start()
-    child.close()
-    if not parent.poll(timeout):
+    key = authkey.decode() if isinstance(authkey, bytes) else authkey
+    command = [sys.executable, "-m", "bastion", "serve", _SPAWN_ADDRESSES[scheme].format(id=id),
+               "--id", id, "--durability", durability, "--quiet", "--stop-on-stdin-eof"]
+    command += ["--db", db] if db else []
+    command += ["--allow-code"] if allow_code else []
+    environment = {**os.environ, "BASTION_AUTHKEY": key}
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               env=environment, text=True)  # fmt: skip
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else ""
+    if not line.startswith("serving "):
         process.kill()
-        raise TransportError(f"the worker {id!r} did not start within {timeout} s")
-    status, detail = parent.recv()
-    if status != "ready":
-        process.join(timeout)
-        raise TransportError(f"the worker {id!r} could not start: {detail}")
-    connection = plugins.connect(detail, peer=local_worker.id, authkey=authkey)
-    return SpawnedWorker(connection, process, parent)
+        process.wait()
+        raise TransportError(
+            f"the worker {id!r} did not start within {timeout} s"
+            + (f": {line.strip()}" if line else "")
+        )
+    address = line.split(" at ", 1)[1].strip()
+    try:
+        connection = plugins.connect(address, peer=local_worker.id, authkey=authkey)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return SpawnedWorker(connection, process)

@@ -57,6 +57,7 @@ from bastion.events import dtype_name, tensor_bytes
 from bastion.messages import RECORDS, WIRE_FIELDS
 
 __all__ = [
+    "encode_split",
     "ALIGN",
     "DEFAULT_LIMITS",
     "HEADER",
@@ -305,12 +306,13 @@ def _too_deep() -> SerializationError:
     )
 
 
-def encode(
+def encode_split(
     obj: Any, kind: int = KIND_MESSAGE, *, limits: Limits = DEFAULT_LIMITS
-) -> list[bytes | memoryview]:
-    """The parts of one frame carrying ``obj``: their concatenation is the frame.
+) -> tuple[bytes, list[memoryview]]:
+    """``obj`` as header, length table and meta in one ``bytes``, and its tensors' bytes.
 
-    A contiguous CPU tensor's part is a view of its data, not a copy.
+    For transports that carry buffers their own way (shared memory); :func:`encode` lays
+    the same pieces out as one frame.
     """
     if kind != KIND_MESSAGE and kind != KIND_REPLY:
         raise SerializationError(f"frame kind {kind!r} is neither KIND_MESSAGE nor KIND_REPLY")
@@ -328,27 +330,39 @@ def encode(
             f"Limits ({limits.max_meta_bytes} bytes, {limits.max_buffers} tensors): send "
             "large data as tensors, or split it over several messages"
         )
-    header = HEADER.pack(MAGIC, VERSION, kind, 0, len(meta), n)
-    if not n:
-        parts: list[bytes | memoryview] = [header + meta]
-        offset = len(parts[0])
-    else:
-        lengths = [buf.nbytes for buf in bufs]
-        offset = HEADER.size + 8 * n + len(meta)
-        table = struct.pack(f"<{n}Q", *lengths)
-        parts = [b"".join((header, table, meta, bytes(padding(offset))))]
-        offset += padding(offset)
-        for i, buf in enumerate(bufs):
-            if i and (pad := padding(offset)):
-                parts.append(bytes(pad))
-                offset += pad
-            parts.append(buf)
-            offset += lengths[i]
+    lengths = [buf.nbytes for buf in bufs]
+    head = HEADER.pack(MAGIC, VERSION, kind, 0, len(meta), n)
+    head = b"".join((head, struct.pack(f"<{n}Q", *lengths), meta)) if n else head + meta
+    offset = len(head)
+    for length in lengths:
+        offset += padding(offset) + length
     if offset > limits.max_frame_bytes:
         raise SerializationError(
             f"the frame would be {offset} bytes, over Limits.max_frame_bytes "
             f"({limits.max_frame_bytes}); split the data over several messages"
         )
+    return head, bufs
+
+
+def encode(
+    obj: Any, kind: int = KIND_MESSAGE, *, limits: Limits = DEFAULT_LIMITS
+) -> list[bytes | memoryview]:
+    """The parts of one frame carrying ``obj``: their concatenation is the frame.
+
+    A contiguous CPU tensor's part is a view of its data, not a copy.
+    """
+    head, bufs = encode_split(obj, kind, limits=limits)
+    if not bufs:
+        return [head]
+    offset = len(head)
+    parts: list[bytes | memoryview] = [head + bytes(padding(offset))]
+    offset += padding(offset)
+    for i, buf in enumerate(bufs):
+        if i and (pad := padding(offset)):
+            parts.append(bytes(pad))
+            offset += pad
+        parts.append(buf)
+        offset += buf.nbytes
     return parts
 
 
