@@ -27,7 +27,11 @@ from bastion.logs import get_logger
 from bastion.plugins import hookspecs
 
 #: Built-in features are plugins too: they register exactly as a third-party one does.
-DEFAULT_PLUGINS: tuple[str, ...] = ("bastion.transports.memory", "bastion.transports.shm")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "bastion.transports.memory",
+    "bastion.transports.tcp",
+    "bastion.transports.shm",
+)
 ENTRY_POINT_GROUP = "bastion"
 
 log = get_logger("bastion.plugins")

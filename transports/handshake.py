@@ -85,8 +85,9 @@ def accept_peer(sock: socket.socket, key: bytes, worker: Any) -> str | None:
     proof, client_nonce = _read(sock, DIGEST), _read(sock, NONCE)
     peer = raw_name.decode(errors="replace")
     if not hmac.compare_digest(proof, _mac(key, server_nonce, raw_name)):
-        sock.sendall(b"\x00")
+        # Recorded before the peer hears of it: whoever sees the refusal finds the event.
         worker.record_denied(peer, "connect", "authentication failed: wrong authkey")
+        sock.sendall(b"\x00")
         return None
     own = _name(worker.id)
     sock.sendall(b"\x01" + own + _mac(key, client_nonce, own[1:]))

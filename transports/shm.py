@@ -28,7 +28,6 @@ from __future__ import annotations
 import mmap
 import os
 import socket
-import threading
 from typing import Any
 
 import torch
@@ -36,10 +35,10 @@ import torch
 from bastion import serde
 from bastion.errors import ConfigurationError, ConnectionLost, SerializationError, TransportError
 from bastion.logs import get_logger
-from bastion.messages import ErrorInfo, Reply
 from bastion.plugins.hookspecs import hookimpl
-from bastion.transports.base import Connection, Server, Transport
-from bastion.transports.handshake import accept_peer, authkey_bytes, greet_worker
+from bastion.transports.base import Transport
+from bastion.transports.handshake import authkey_bytes, greet_worker
+from bastion.transports.stream import StreamConnection, StreamServer, lost
 
 log = get_logger("bastion.transports.shm")
 
@@ -113,9 +112,11 @@ class _Channel:
         else:
             self.sock.sendall(b"\x00" + control)
 
-    def recv(self) -> tuple[int, Any]:
+    def recv(self, first_timeout: float | None = None) -> tuple[int, Any]:
         # One recvmsg usually brings the flag, any descriptor and the whole control frame.
         data, fds, _flags, _addr = socket.recv_fds(self.sock, _RECV_CHUNK, 1)
+        if first_timeout is not None:
+            self.sock.settimeout(first_timeout)
         if not data:
             raise ConnectionLost("the peer closed the shared-memory connection")
         if data[0] == _NEW_REGION:
@@ -142,7 +143,11 @@ class _Channel:
             buffer.copy_(self.theirs.view[offset : offset + length])
             buffers.append(buffer.numpy())
             offset += length
-        return header.kind, serde.decode_parts(meta, buffers, self.limits)
+        try:
+            return header.kind, serde.decode_parts(meta, buffers, self.limits)
+        except SerializationError as exc:
+            exc.in_step = True  # the whole frame was read: the stream is still in step
+            raise
 
     def _take(self, pending: bytearray, size: int) -> bytes:
         """The next ``size`` bytes: from what was already received, then from the socket."""
@@ -163,131 +168,6 @@ class _Channel:
             self.theirs.close()
 
 
-def _lost(exc: BaseException, address: str) -> ConnectionLost:
-    if isinstance(exc, ConnectionLost):
-        return exc
-    if isinstance(exc, socket.timeout):
-        return ConnectionLost(f"no answer from {address} in time; the worker may be stuck")
-    return ConnectionLost(f"the connection to {address} broke: {exc}")
-
-
-class ShmConnection(Connection):
-    """A client's authenticated line to a worker in another process on this machine."""
-
-    def __init__(self, channel: _Channel, address: str, worker_id: str) -> None:
-        self._channel = channel
-        self._lock = threading.Lock()
-        self._closed = False
-        self.address = address
-        self.worker_id = worker_id
-
-    def request(self, message: Any) -> Reply:
-        """Send ``message``, wait for the worker's ``Reply`` (``ConnectionLost`` on failure)."""
-        with self._lock:
-            if self._closed:
-                raise ConnectionLost(f"the connection to {self.address} is closed")
-            try:
-                self._channel.send(message, serde.KIND_MESSAGE)
-                kind, reply = self._channel.recv()
-            except SerializationError:
-                raise
-            except (OSError, ConnectionLost) as exc:
-                self._close_locked()
-                raise _lost(exc, self.address) from exc
-        if kind != serde.KIND_REPLY or not isinstance(reply, Reply):
-            raise SerializationError(f"{self.address} answered with something not a reply")
-        return reply
-
-    def _close_locked(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._channel.close()
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock:
-            self._close_locked()
-
-
-class ShmServer(Server):
-    """Serves one worker on an abstract Unix socket; a thread per connection."""
-
-    def __init__(self, worker: Any, address: str, authkey: bytes, timeout: float,
-                 limits: serde.Limits) -> None:  # fmt: skip
-        self.worker, self.address = worker, address
-        self._authkey, self._timeout, self._limits = authkey, timeout, limits
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._listener.bind(_socket_name(address))
-        except OSError as exc:
-            self._listener.close()
-            raise TransportError(
-                f"cannot serve at {address}: {exc} (is it served already?)"
-            ) from exc
-        self._listener.listen(64)
-        self._channels: set[_Channel] = set()
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name=f"bastion-shm-{address}",
-                                        daemon=True)  # fmt: skip
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        sock.settimeout(self._timeout)
-        channel = _Channel(sock, self._limits)
-        with self._lock:
-            self._channels.add(channel)
-        try:
-            peer = accept_peer(sock, self._authkey, self.worker)
-            if peer is None:
-                return
-            sock.settimeout(None)  # idle connections may wait; frames are read in full
-            while not self._closed.is_set():
-                try:
-                    kind, message = channel.recv()
-                except SerializationError as exc:
-                    channel.send(Reply(error=ErrorInfo("SerializationError", str(exc))),
-                                 serde.KIND_REPLY)  # fmt: skip
-                    continue
-                if kind != serde.KIND_MESSAGE:
-                    return
-                channel.send(self.worker.handle(message, peer), serde.KIND_REPLY)
-        except (OSError, ConnectionLost, SerializationError) as exc:
-            if not self._closed.is_set():
-                log.info("shm connection ended", worker=self.worker.id, reason=str(exc))
-        finally:
-            with self._lock:
-                self._channels.discard(channel)
-            channel.close()
-
-    def close(self) -> None:
-        """Stop accepting and close every connection (idempotent)."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-        with self._lock:
-            channels = list(self._channels)
-        for channel in channels:
-            try:
-                channel.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(5)
-
-
 class ShmTransport(Transport):
     """Workers on this machine in other processes: ``shm://NAME``."""
 
@@ -295,14 +175,25 @@ class ShmTransport(Transport):
 
     def serve(self, worker: Any, address: str, *, authkey: bytes | str | None = None,
               timeout: float = 30.0, limits: serde.Limits = serde.DEFAULT_LIMITS,
-              **options: Any) -> ShmServer:  # fmt: skip
+              **options: Any) -> StreamServer:  # fmt: skip
         """Serve ``worker`` at ``address``; peers must prove they hold ``authkey``."""
         _no_options(options)
-        return ShmServer(worker, address, authkey_bytes(authkey), timeout, limits)
+        key = authkey_bytes(authkey)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(_socket_name(address))
+            listener.listen(64)
+        except OSError as exc:
+            listener.close()
+            raise TransportError(
+                f"cannot serve at {address}: {exc} (is it served already?)"
+            ) from exc
+        return StreamServer(worker, listener, address, authkey=key, timeout=timeout,
+                            make_channel=lambda sock: _Channel(sock, limits))  # fmt: skip
 
     def connect(self, address: str, *, peer: str = "me", authkey: bytes | str | None = None,
                 timeout: float = 30.0, limits: serde.Limits = serde.DEFAULT_LIMITS,
-                **options: Any) -> ShmConnection:  # fmt: skip
+                **options: Any) -> StreamConnection:  # fmt: skip
         """Connect to the worker at ``address`` as ``peer``; every call waits ``timeout`` s."""
         _no_options(options)
         key = authkey_bytes(authkey)
@@ -315,11 +206,11 @@ class ShmTransport(Transport):
             sock.close()
             if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
                 raise TransportError(f"no worker is served at {address}") from exc
-            raise _lost(exc, address) from exc
+            raise lost(exc, address) from exc
         except BaseException:
             sock.close()
             raise
-        return ShmConnection(_Channel(sock, limits), address, worker_id)
+        return StreamConnection(_Channel(sock, limits), address, worker_id)
 
 
 def _no_options(options: dict[str, Any]) -> None:
