@@ -59,8 +59,10 @@ class RemoteWorker(BaseWorker):
 def connect(address: str, *, authkey: bytes | str | None = None, **options: Any) -> RemoteWorker:
     """Connect to the worker served at ``address`` (``tcp://host:port``, ``shm://name``...).
 
-    Options go to the transport: ``authkey``, ``timeout``, ``ssl_context``...
+    Options go to the transport: ``authkey`` (default: ``$BASTION_AUTHKEY``), ``timeout``,
+    ``ssl_context``...
     """
+    authkey = authkey if authkey is not None else os.environ.get("BASTION_AUTHKEY") or None
     if authkey is not None:
         options["authkey"] = authkey
     connection = plugins.connect(address, peer=local_worker.id, **options)
@@ -112,8 +114,10 @@ def serve(
 ) -> WorkerServer:
     """Serve a new worker ``id`` at ``address``; it logs to ``db`` (default: in memory).
 
-    The ``authkey`` also authenticates this worker when it moves objects to other workers.
+    The ``authkey`` (default: ``$BASTION_AUTHKEY``) also authenticates this worker when it
+    moves objects to other workers.
     """
+    authkey = authkey if authkey is not None else os.environ.get("BASTION_AUTHKEY") or None
     if not isinstance(id, str) or not id:
         raise ConfigurationError(f"serve() needs a worker id, got {id!r}")
     connect_options = {key: options[key] for key in ("ssl_context",) if key in options}
