@@ -19,8 +19,10 @@ serves a ``bastion.Worker`` and returns a connected ``BaseWorker`` handle::
             for served in servers:
                 served.close()
 
-Every test here then runs against the transport. The built-in transports pass it
-(``tests/transports/test_conformance.py``).
+Every test here then runs against the transport. Register the transport's plugin first
+(installed, or ``bastion.plugins.pm.register(module)``): in the move test the source worker
+reaches the destination by address, through the plugin manager, as in production. The
+built-in transports pass it (``tests/transports/test_conformance.py``).
 
 >>> issubclass(TransportContract, object)
 True
