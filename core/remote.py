@@ -191,7 +191,9 @@ def spawn(
                "--id", id, "--durability", durability, "--quiet", "--stop-on-stdin-eof"]
     command += ["--db", db] if db else []
     command += ["--allow-code"] if allow_code else []
-    environment = {**os.environ, "BASTION_AUTHKEY": key}
+    # Huge pages for the child's large tensors: first-touch page faults are what bulk
+    # transfers into fresh memory pay most for (unless the caller chose otherwise).
+    environment = {"THP_MEM_ALLOC_ENABLE": "1", **os.environ, "BASTION_AUTHKEY": key}
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                env=environment, text=True)  # fmt: skip
     ready, _, _ = select.select([process.stdout], [], [], timeout)
