@@ -12,47 +12,24 @@ Targets (issue: the foundation):
 from __future__ import annotations
 
 import argparse
-import gc
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from harness import median_seconds, row
 
 import bastion as sy
-
-
-def _median_seconds(fn: Callable[[], object], number: int, repeat: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        runs.append((time.perf_counter() - start) / number)
-    return statistics.median(runs)
-
-
-def _row(name: str, seconds: float, baseline_name: str, baseline: float, unit: str = "us") -> None:
-    scale = 1e6 if unit == "us" else 1e3
-    print(
-        f"  {name:<44} {seconds * scale:10.2f} {unit}   vs {baseline_name:<22} "
-        f"{baseline * scale:9.2f} {unit}   ratio {seconds / baseline:7.2f}x"
-    )
 
 
 def bench_pointer_op(number: int, repeat: int) -> None:
     print("pointer op: x + y on two 2-element float tensors")
     a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
-    plain = _median_seconds(lambda: a + b, number * 10, repeat)
-    _row("plain torch a + b", plain, "plain torch", plain)
+    plain = median_seconds(lambda: a + b, number * 10, repeat)
+    row("plain torch a + b", plain, "plain torch", plain)
     for serialize in (False, True):
         worker = sy.VirtualWorker(id=f"bench-op-{int(serialize)}", serialize=serialize)
         x, y = worker.send(a), worker.send(b)
-        seconds = _median_seconds(lambda x=x, y=y: x + y, number, repeat)
+        seconds = median_seconds(lambda x=x, y=y: x + y, number, repeat)
         label = "VirtualWorker serialize=True" if serialize else "VirtualWorker (direct)"
-        _row(label, seconds, "plain torch", plain)
+        row(label, seconds, "plain torch", plain)
         print(f"  {'':<44} overhead {(seconds - plain) * 1e6:8.2f} us per op (target < 25 us)")
         worker.close()
 
@@ -62,15 +39,15 @@ def bench_send_get(repeat: int, big_mib: int) -> None:
     for label, numel in (("1 KiB", 256), (f"{big_mib} MiB", big_mib * 2**20 // 4)):
         tensor = torch.randn(numel)
         number = 2000 if numel < 10_000 else 3
-        clone = _median_seconds(tensor.clone, number, repeat)
+        clone = median_seconds(tensor.clone, number, repeat)
         for serialize in (False, True):
             worker = sy.VirtualWorker(id=f"bench-sg-{int(serialize)}", serialize=serialize)
-            seconds = _median_seconds(
+            seconds = median_seconds(
                 lambda w=worker, t=tensor: w.send(t).get(), number, repeat
             )
             mode = "serialized" if serialize else "direct"
             unit = "us" if numel < 10_000 else "ms"
-            _row(f"{label} send+get ({mode})", seconds, "tensor.clone()", clone, unit)
+            row(f"{label} send+get ({mode})", seconds, "tensor.clone()", clone, unit)
             worker.close()
 
 

@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import multiprocessing
 import os
 import platform
 import queue as queues
 import secrets
 import socket
-import statistics
 import struct
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
+from harness import median_seconds, row
 
 import bastion as sy
 
@@ -44,26 +41,6 @@ _MiB = 2**20
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _median_seconds(fn: Callable[[], object], number: int, repeat: int) -> float:
-    fn()  # warm up: connections, allocations, first-touch page faults
-    runs = []
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        runs.append((time.perf_counter() - start) / number)
-    return statistics.median(runs)
-
-
-def _row(name: str, seconds: float, baseline_name: str, baseline: float, unit: str = "us") -> None:
-    scale = 1e6 if unit == "us" else 1e3
-    print(
-        f"  {name:<38} {seconds * scale:9.2f} {unit}   vs {baseline_name:<22} "
-        f"{baseline * scale:9.2f} {unit}   ratio {seconds / baseline:6.2f}x"
-    )
 
 
 def _rate_row(name: str, rate: float, baseline_name: str, baseline: float) -> None:
@@ -207,8 +184,8 @@ def _gloo_child(rank: int, port: int, big_numel: int, number: int, repeat: int,
                 dist.recv(tensor, peer)
                 dist.send(tensor, peer)
 
-        small_s = _median_seconds(lambda: round_trip(small), number, repeat)
-        big_s = _median_seconds(lambda: round_trip(big), 1, big_repeat)
+        small_s = median_seconds(lambda: round_trip(small), number, repeat)
+        big_s = median_seconds(lambda: round_trip(big), 1, big_repeat)
         if rank == 0:
             results.put(("ok", small_s, big_s))
     except Exception as exc:
@@ -267,30 +244,30 @@ def _small_rows(workers: dict[str, Any], raw: RawEcho, number: int, repeat: int,
     """Rows of figure 1 under the current CPU placement; returns the tcp x + y time."""
     payload = memoryview(bytes(_SMALL_MESSAGE))
     into = memoryview(bytearray(_SMALL_MESSAGE))
-    raw_s = _median_seconds(lambda: raw.round_trip(payload, into), number * 4, repeat)
-    _row("raw TCP ping-pong (baseline)", raw_s, "raw TCP ping-pong", raw_s)
+    raw_s = median_seconds(lambda: raw.round_trip(payload, into), number * 4, repeat)
+    row("raw TCP ping-pong (baseline)", raw_s, "raw TCP ping-pong", raw_s)
     a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
     if with_memory:
-        plain = _median_seconds(lambda: a + b, number * 10, repeat)
-        _row("plain torch a + b", plain, "raw TCP ping-pong", raw_s)
+        plain = median_seconds(lambda: a + b, number * 10, repeat)
+        row("plain torch a + b", plain, "raw TCP ping-pong", raw_s)
     tcp_s = 0.0
     for scheme, worker in workers.items():
         if scheme == "memory" and not with_memory:
             continue
         x, y = worker.send(a), worker.send(b)
-        seconds = _median_seconds(lambda x=x, y=y: x + y, number, repeat)
-        _row(f"bastion {scheme}: x + y", seconds, "raw TCP ping-pong", raw_s)
+        seconds = median_seconds(lambda x=x, y=y: x + y, number, repeat)
+        row(f"bastion {scheme}: x + y", seconds, "raw TCP ping-pong", raw_s)
         if scheme == "memory":  # the wire encoding without a wire: what serde costs
             with sy.VirtualWorker(id=f"{worker.id}-serialized", serialize=True) as serialized:
                 u, v = serialized.send(a), serialized.send(b)
-                encoded = _median_seconds(lambda u=u, v=v: u + v, number, repeat)
+                encoded = median_seconds(lambda u=u, v=v: u + v, number, repeat)
                 del u, v
-            _row("bastion memory serialize=True: x + y", encoded, "raw TCP ping-pong", raw_s)
+            row("bastion memory serialize=True: x + y", encoded, "raw TCP ping-pong", raw_s)
         if scheme == "tcp":
             tcp_s = seconds
         if scheme != "memory":  # the transport alone: a request with no tensor and no event
-            listing = _median_seconds(worker.list_objects, number, repeat)
-            _row(f"bastion {scheme}: list_objects()", listing, "raw TCP ping-pong", raw_s)
+            listing = median_seconds(worker.list_objects, number, repeat)
+            row(f"bastion {scheme}: list_objects()", listing, "raw TCP ping-pong", raw_s)
         del x, y
     _verdict("tcp x + y / raw ping-pong", tcp_s / raw_s, "<= 3x", tcp_s / raw_s <= 3)
     return tcp_s
@@ -323,11 +300,11 @@ def bench_bulk(workers: dict[str, Any], raw: RawEcho, mib: int, repeat: int) -> 
     tensor = torch.randn(nbytes // 4)
     payload = memoryview(tensor.numpy()).cast("B")
     into = memoryview(torch.empty(nbytes, dtype=torch.uint8).numpy())  # reused, as the child's
-    raw_s = _median_seconds(lambda: raw.round_trip(payload, into), 1, repeat)
-    fresh_s = _median_seconds(lambda: raw.round_trip(payload, None), 1, repeat)
-    clone_s = _median_seconds(tensor.clone, 1, repeat)
+    raw_s = median_seconds(lambda: raw.round_trip(payload, into), 1, repeat)
+    fresh_s = median_seconds(lambda: raw.round_trip(payload, None), 1, repeat)
+    clone_s = median_seconds(tensor.clone, 1, repeat)
     seconds = {
-        scheme: _median_seconds(lambda w=worker: w.send(tensor).get(), 1, repeat)
+        scheme: median_seconds(lambda w=worker: w.send(tensor).get(), 1, repeat)
         for scheme, worker in workers.items()
     }
     back = workers["tcp"].send(tensor).get()
@@ -362,9 +339,9 @@ def bench_seed_flow(pairs: dict[str, tuple[Any, Any]], number: int, repeat: int)
     baseline = None
     for scheme, (m1, m2) in pairs.items():
         assert torch.equal(flow(m1, m2), expected), f"the seed flow went wrong over {scheme}"
-        seconds = _median_seconds(lambda m1=m1, m2=m2: flow(m1, m2), number, repeat)
+        seconds = median_seconds(lambda m1=m1, m2=m2: flow(m1, m2), number, repeat)
         baseline = baseline or seconds
-        _row(f"bastion {scheme}: one flow", seconds, "bastion memory flow", baseline)
+        row(f"bastion {scheme}: one flow", seconds, "bastion memory flow", baseline)
 
 
 def bench_gloo(context: Any, tcp_small: float, tcp_big: float, mib: int, number: int,
@@ -388,8 +365,8 @@ def bench_gloo(context: Any, tcp_small: float, tcp_big: float, mib: int, number:
     small_s = min(answer[0] for answer in answers)
     big_s = min(answer[1] for answer in answers)
     there_and_back = 2 * mib * _MiB
-    _row("gloo small round trip", small_s, "gloo small round trip", small_s)
-    _row("bastion tcp: x + y", tcp_small, "gloo small round trip", small_s)
+    row("gloo small round trip", small_s, "gloo small round trip", small_s)
+    row("bastion tcp: x + y", tcp_small, "gloo small round trip", small_s)
     gloo_rate = there_and_back / big_s
     _rate_row(f"gloo {mib} MiB there and back", gloo_rate, "gloo", gloo_rate)
     _rate_row("bastion tcp send+get", there_and_back / tcp_big, "gloo", gloo_rate)
