@@ -5,12 +5,16 @@ with the wire format ("serialized")."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
 import bastion as sy
+
+# Installed third-party plugins stay out of the suite unless a test loads them itself.
+os.environ.setdefault("BASTION_LOAD_PLUGINS", "")
 
 _counter = itertools.count()
 
