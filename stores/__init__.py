@@ -9,5 +9,6 @@ True
 """
 
 from bastion.stores.eventlog import HASHED_FIELDS, EventLog, event_hash, expected_hash
+from bastion.stores.verify import VerifyResult, verify
 
-__all__ = ["HASHED_FIELDS", "EventLog", "event_hash", "expected_hash"]
+__all__ = ["HASHED_FIELDS", "EventLog", "VerifyResult", "event_hash", "expected_hash", "verify"]
