@@ -36,6 +36,11 @@ class SerializationError(BastionError):
     """A value cannot be carried to or from a worker (type, size or frame format)."""
 
 
+class FrameError(SerializationError):
+    """A frame arrived whole but its content does not decode; the stream is still in step,
+    so a server answers with an error reply and keeps the connection."""
+
+
 class RemoteValueError(BastionError, TypeError):
     """Python asked for a local value (``bool``, ``int``...) of data that lives on a worker."""
 
@@ -103,6 +108,7 @@ WIRE_ERRORS: dict[str, type[BastionError]] = {
         ObjectExistsError,
         PermissionDenied,
         SerializationError,
+        FrameError,
         RemoteValueError,
         UnsupportedOperation,
         ConfigurationError,

@@ -33,7 +33,13 @@ from typing import Any
 import torch
 
 from bastion import serde
-from bastion.errors import ConfigurationError, ConnectionLost, SerializationError, TransportError
+from bastion.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    FrameError,
+    SerializationError,
+    TransportError,
+)
 from bastion.logs import get_logger
 from bastion.plugins.hookspecs import hookimpl
 from bastion.transports.base import Transport
@@ -145,9 +151,8 @@ class _Channel:
             offset += length
         try:
             return header.kind, serde.decode_parts(meta, buffers, self.limits)
-        except SerializationError as exc:
-            exc.in_step = True  # the whole frame was read: the stream is still in step
-            raise
+        except SerializationError as exc:  # read whole: the stream is still in step
+            raise FrameError(str(exc)) from exc
 
     def _take(self, pending: bytearray, size: int) -> bytes:
         """The next ``size`` bytes: from what was already received, then from the socket."""

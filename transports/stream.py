@@ -9,8 +9,8 @@ A transport brings its sockets and a *channel* that carries frames over one of t
         def close(self) -> None: ...
 
 ``recv`` waits as long as the socket's timeout says for a frame to begin, then (with
-``first_timeout``) sets that timeout for the rest of the frame. A ``SerializationError``
-with ``in_step = True`` means the whole frame was read and only decoding failed: the
+``first_timeout``) sets that timeout for the rest of the frame. A ``FrameError`` (a
+``SerializationError``) means the whole frame was read and only decoding failed: the
 stream is still in step. TCP (``bastion.transports.tcp``) and shared memory
 (``bastion.transports.shm``) both serve through :class:`StreamServer` and connect through
 :class:`StreamConnection`.
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bastion import serde
-from bastion.errors import ConnectionLost, SerializationError
+from bastion.errors import ConnectionLost, FrameError, SerializationError
 from bastion.logs import get_logger
 from bastion.messages import ErrorInfo, Reply
 from bastion.transports.base import Connection, Server
@@ -69,7 +69,7 @@ def _shutdown(sock: socket.socket) -> None:
 
 
 def _in_step(exc: SerializationError) -> bool:
-    return bool(getattr(exc, "in_step", False))
+    return isinstance(exc, FrameError)
 
 
 class StreamConnection(Connection):

@@ -22,7 +22,13 @@ from typing import Any
 import torch
 
 from bastion import serde
-from bastion.errors import ConfigurationError, ConnectionLost, SerializationError, TransportError
+from bastion.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    FrameError,
+    SerializationError,
+    TransportError,
+)
 from bastion.plugins.hookspecs import hookimpl
 from bastion.transports.base import Transport
 from bastion.transports.handshake import authkey_bytes, greet_worker
@@ -96,9 +102,8 @@ class TcpChannel:
             buffers.append(view)
         try:
             return header.kind, serde.decode_parts(meta, buffers, self.limits)
-        except SerializationError as exc:
-            exc.in_step = True  # the whole frame was read: the stream is still in step
-            raise
+        except SerializationError as exc:  # read whole: the stream is still in step
+            raise FrameError(str(exc)) from exc
 
     def _fill(self) -> None:
         chunk = self.sock.recv(_CHUNK)

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from bastion import serde
-from bastion.errors import ConfigurationError, ConnectionLost, SerializationError, TransportError
+from bastion.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    FrameError,
+    SerializationError,
+    TransportError,
+)
 from bastion.plugins.hookspecs import hookimpl
 from bastion.transports.base import Transport
 from bastion.transports.handshake import authkey_bytes, greet_worker
@@ -77,9 +83,8 @@ class PipeChannel:
         self._read_into(memoryview(frame))
         try:
             return serde.decode(frame, self.limits)
-        except SerializationError as exc:
-            exc.in_step = True  # the whole frame was read: the stream is still in step
-            raise
+        except SerializationError as exc:  # read whole: the stream is still in step
+            raise FrameError(str(exc)) from exc
 
     def _read_into(self, view: memoryview) -> None:
         while view.nbytes:
