@@ -104,12 +104,3 @@ def resolve(name: str) -> Callable:
         raise UnsupportedOperation(f"{name!r} is not a torch operation this worker runs.")
     return func
 
-
-def is_inplace(name: str) -> bool:
-    """True for in-place ops (``add_``, ``__iadd__``, ``__setitem__``, setters)."""
-    last = name.rsplit(".", 1)[-1]
-    if last in ("__setitem__", "__set__"):
-        return True
-    if last.startswith("__i") and last.endswith("__"):
-        return True
-    return last.endswith("_") and not last.endswith("__")
