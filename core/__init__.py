@@ -31,13 +31,21 @@ from bastion.events import Event
 from bastion.hook import TorchHook
 from bastion.modules import get_module, send_module
 from bastion.pointer import ObjectPointer, PointerParameter, PointerTensor
+from bastion.privacy import DP, Accountant, Allow, Budget, BudgetReport, Deny, ReleasePolicy
 from bastion.remote import RemoteWorker, SpawnedWorker, WorkerServer, connect, serve, spawn
 from bastion.worker import BaseWorker, LocalWorker, VirtualWorker, Worker, local_worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Accountant",
+    "Allow",
     "BaseWorker",
+    "Budget",
+    "BudgetReport",
+    "DP",
+    "Deny",
+    "ReleasePolicy",
     "BastionError",
     "ConfigurationError",
     "ConnectionLost",

@@ -119,6 +119,11 @@ class ListObjects:
 
 
 @dataclass(slots=True)
+class BudgetQuery:
+    """How much of its privacy budget the asking peer has spent on the worker, and has left."""
+
+
+@dataclass(slots=True)
 class Reply:
     """A worker's answer: a ``value``, or an ``error``.
 
@@ -151,6 +156,7 @@ RECORDS: tuple[type, ...] = (
     CallFunction,
     ListObjects,
     Reply,
+    BudgetQuery,
 )
 
 #: The fields each record carries on the wire (``Reply.cause`` stays local).
@@ -158,4 +164,6 @@ WIRE_FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name != "cause") for cls in RECORDS
 }
 
-MESSAGES: tuple[type, ...] = (Create, Get, Move, Delete, Clear, RunOp, CallFunction, ListObjects)
+MESSAGES: tuple[type, ...] = (
+    Create, Get, Move, Delete, Clear, RunOp, CallFunction, ListObjects, BudgetQuery,
+)  # fmt: skip

@@ -56,16 +56,21 @@ class RemoteWorker(BaseWorker):
         self.close()
 
 
-def connect(address: str, *, authkey: bytes | str | None = None, **options: Any) -> RemoteWorker:
+def connect(
+    address: str, *, authkey: bytes | str | None = None, peer: str | None = None, **options: Any
+) -> RemoteWorker:
     """Connect to the worker served at ``address`` (``tcp://host:port``, ``shm://name``...).
 
-    Options go to the transport: ``authkey`` (default: ``$BASTION_AUTHKEY``), ``timeout``,
-    ``ssl_context``...
+    ``peer`` is the id the worker knows us by (default: the local worker's, ``"me"``): its
+    audit log names it, and private data and privacy budgets are per peer. Options go to the
+    transport: ``authkey`` (default: ``$BASTION_AUTHKEY``), ``timeout``, ``ssl_context``...
     """
     authkey = authkey if authkey is not None else os.environ.get("BASTION_AUTHKEY") or None
     if authkey is not None:
         options["authkey"] = authkey
-    connection = plugins.connect(address, peer=local_worker.id, **options)
+    if peer is not None and (not isinstance(peer, str) or not peer):
+        raise ConfigurationError(f"peer is a non-empty string, got {peer!r}")
+    connection = plugins.connect(address, peer=peer or local_worker.id, **options)
     return RemoteWorker(connection)
 
 

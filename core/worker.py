@@ -37,9 +37,11 @@ from bastion.errors import (
     error_from_wire,
 )
 from bastion.events import dtype_name, payload_digest
+from bastion.guard import PrivacyGuard, canonical_json
 from bastion.ids import new_id
 from bastion.logs import get_logger
 from bastion.messages import (
+    BudgetQuery,
     CallFunction,
     Clear,
     Create,
@@ -54,6 +56,7 @@ from bastion.messages import (
     RunOp,
     TensorSpec,
 )
+from bastion.privacy import Budget, BudgetReport, ReleasePolicy
 from bastion.stores import EventLog
 from bastion.stores.objects import ObjectStore
 
@@ -113,7 +116,12 @@ class Worker:
             RunOp: self._run_op,
             CallFunction: self._call,
             ListObjects: self._list,
+            BudgetQuery: self._budget,
         }
+        #: private objects, what derives from them, release policy and budgets (bastion.guard)
+        self.privacy = PrivacyGuard(self)
+        if self.log._next_seq > 1:  # a log with history: the worker stays as private as it was
+            self.privacy.restore(self.log.events())
 
     # ------------------------------------------------------------------ entry point
 
@@ -148,18 +156,20 @@ class Worker:
 
     def _record_create(
         self, obj_id: int, value: Any, peer: str, origin: str, op: str | None = None,
-        inputs: tuple[int, ...] = (),
+        inputs: tuple[int, ...] = (), detail: str | None = None,
     ) -> TensorSpec | ObjectSpec:
-        """Log the ``create`` of ``value`` under ``obj_id``; returns what the client learns."""
+        """Log the ``create`` of ``value`` under ``obj_id``; returns what the client learns.
+
+        ``detail`` is canonical JSON (privacy flags: ``bastion.guard``)."""
         digest = payload_digest(value)
         self.store.digests[obj_id] = digest
         if isinstance(value, torch.Tensor):
             shape = tuple(value.shape)
             self.log.record("create", obj_id, peer, origin, op, inputs, dtype_name(value.dtype),
-                            shape, digest, None)  # fmt: skip
+                            shape, digest, detail)  # fmt: skip
             return TensorSpec(obj_id, shape, value.dtype, value.requires_grad)
         kind = type(value).__name__
-        self.log.record("create", obj_id, peer, origin, op, inputs, kind, None, digest, None)
+        self.log.record("create", obj_id, peer, origin, op, inputs, kind, None, digest, detail)
         return ObjectSpec(obj_id, kind)
 
     def _digest(self, obj_id: int, value: Any) -> str:
@@ -172,6 +182,7 @@ class Worker:
         Transports call it too, e.g. for a peer that failed authentication.
         """
         self.log.append("denied", peer=peer, op=detail.pop("op", None),
+                        object_id=detail.pop("object_id", None),
                         detail={"request": request, "why": why, **detail})
         log.warning("request denied", worker=self.id, peer=peer, request=request, why=why)
         return PermissionDenied(f"worker {self.id} refused {request} from {peer}: {why}")
@@ -212,30 +223,50 @@ class Worker:
             )
         return value
 
-    def _keep(self, value: Any, inputs: dict[int, int], peer: str, origin: str, op: str) -> Any:
-        """Store one result; a result that *is* an input keeps that input's id (in-place)."""
+    def _keep(self, value: Any, inputs: dict[int, int], peer: str, origin: str, op: str,
+              taint: frozenset[int] | None = None) -> Any:  # fmt: skip
+        """Store one result; a result that *is* an input keeps that input's id (in-place).
+
+        ``taint``: the private objects the result is computed from (None: none)."""
         obj_id = inputs.get(id(value))
         if obj_id is None:
             obj_id = self._fresh_id()
         self.store.objects[obj_id] = value
-        return self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()))
+        detail = None if taint is None else self.privacy.label(obj_id, taint)
+        return self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()),
+                                   detail)  # fmt: skip
 
     def _store_result(
-        self, result: Any, inputs: dict[int, int], peer: str, origin: str, op: str
+        self, result: Any, inputs: dict[int, int], peer: str, origin: str, op: str,
+        taint: frozenset[int] | None = None,
     ) -> Any:
         if result is None:
             return None
         if isinstance(result, torch.Tensor):
-            return self._keep(result, inputs, peer, origin, op)
+            return self._keep(result, inputs, peer, origin, op, taint)
         if (type(result) in (tuple, list) or _is_structseq(result)) and all(
             item is None or isinstance(item, torch.Tensor) for item in result
         ):
             items = [
-                None if item is None else self._keep(item, inputs, peer, origin, op)
+                None if item is None else self._keep(item, inputs, peer, origin, op, taint)
                 for item in result
             ]
             return type(result)(items)
-        return self._keep(result, inputs, peer, origin, op)
+        return self._keep(result, inputs, peer, origin, op, taint)
+
+    def _taint_written(self, result: Any, written: set[int], taint: frozenset[int], peer: str,
+                       origin: str, op: str, inputs: dict[int, int]) -> None:  # fmt: skip
+        """Objects a tainted operation wrote into become derived: a new version each."""
+        returned = {id(result)}
+        if type(result) in (tuple, list) or _is_structseq(result):
+            returned.update(id(item) for item in result)
+        objects = self.store.objects
+        for obj_id in written:
+            value = objects[obj_id]
+            if id(value) not in returned:  # results are recorded when they are stored
+                detail = self.privacy.label(obj_id, taint)
+                self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()),
+                                    detail)  # fmt: skip
 
     def _connect(self, address: str) -> Any:
         connection = self._peers.get(address)
@@ -255,6 +286,16 @@ class Worker:
         obj = self.store.get(message.obj_id)
         if not isinstance(obj, torch.Tensor):
             serde.encode(obj)  # refuse what cannot travel before anything changes
+        released = None
+        if self.privacy.labels:  # refused, released as it is, or released with noise
+            released = self.privacy.check_get(message.obj_id, obj, peer, message.with_grad)
+            self.privacy.forget((message.obj_id,))
+        if released is not None:
+            value, grad, digest = released
+            self.store.pop(message.obj_id)
+            self.log.append("get", object_id=message.obj_id, peer=peer, digest=digest,
+                            detail={"released": "dp"})
+            return (value, grad) if message.with_grad else value
         digest = self._digest(message.obj_id, obj)
         self.store.pop(message.obj_id)
         self.log.append("get", object_id=message.obj_id, peer=peer, digest=digest)
@@ -265,12 +306,15 @@ class Worker:
 
     def _move(self, message: Move, peer: str) -> Any:
         obj = self.store.get(message.obj_id)
+        if self.privacy.labels:
+            self.privacy.check_move(message.obj_id, peer, message.destination)
         connection = self._connect(message.destination)
         reply = connection.request(Create(obj, message.obj_id, origin="move"))
         if reply.error is not None:
             raise error_from_wire(reply.error.type_name, reply.error.message)
         digest = self._digest(message.obj_id, obj)
         self.store.pop(message.obj_id)
+        self.privacy.forget((message.obj_id,))
         self.log.append(
             "move",
             object_id=message.obj_id,
@@ -284,14 +328,27 @@ class Worker:
     def _delete(self, message: Delete, peer: str) -> int:
         dropped = 0
         record = self.log.record
-        for obj_id in message.obj_ids:
+        obj_ids = message.obj_ids
+        if self.privacy.originals:
+            obj_ids = self.privacy.filter_delete(obj_ids, peer, "delete")
+            self.privacy.forget(obj_ids)
+        elif self.privacy.labels:
+            self.privacy.forget(obj_ids)
+        for obj_id in obj_ids:
             if self.store.discard(obj_id):
                 dropped += 1
                 record("delete", obj_id, peer, None, None, (), None, None, None, None)
         return dropped
 
     def _clear(self, message: Clear, peer: str) -> int:
-        ids = self.store.clear()
+        if self.privacy.originals:  # another owner's private objects stay
+            ids = self.privacy.filter_delete(list(self.store.objects), peer, "clear")
+            for obj_id in ids:
+                self.store.discard(obj_id)
+            self.privacy.forget(ids)
+        else:
+            ids = self.store.clear()
+            self.privacy.forget(ids)
         self.log.append("clear", peer=peer, detail={"ids": ids})
         return len(ids)
 
@@ -303,12 +360,33 @@ class Worker:
         inputs: dict[int, int] = {}
         args = self._resolve_args(message.args, inputs)
         kwargs = self._resolve(message.kwargs, inputs) if message.kwargs else {}
+        taint = self.privacy.taint(inputs.values()) if self.privacy.labels else None
+        if taint is not None:
+            return self._run_tainted(message, func, args, kwargs, inputs, taint, peer)
         if message.grad_enabled == torch.is_grad_enabled():
             result = func(*args, **kwargs)
         else:
             with torch.set_grad_enabled(message.grad_enabled):
                 result = func(*args, **kwargs)
         return self._store_result(result, inputs, peer, "op", message.op)
+
+    def _run_tainted(self, message: RunOp, func: Any, args: tuple, kwargs: dict,
+                     inputs: dict[int, int], taint: frozenset[int], peer: str) -> Any:  # fmt: skip
+        """An op on private data: its results, and whatever it wrote into, become derived;
+        its errors say nothing of the data."""
+        versions = self.privacy.snapshot(inputs)
+        failure = None
+        try:
+            with torch.set_grad_enabled(message.grad_enabled):
+                result = func(*args, **kwargs)
+        except Exception as exc:
+            failure = _withheld(exc, message.op, self.id, peer)
+        if failure is not None:
+            raise failure
+        written = self.privacy.written(message.op, kwargs, inputs, versions)
+        if written:
+            self._taint_written(result, written, taint, peer, "op", message.op, inputs)
+        return self._store_result(result, inputs, peer, "op", message.op, taint)
 
     def _call(self, message: CallFunction, peer: str) -> Any:
         if not self.allow_code:
@@ -320,13 +398,90 @@ class Worker:
         inputs: dict[int, int] = {}
         args = self._resolve(message.args, inputs)
         kwargs = self._resolve(message.kwargs, inputs)
-        with torch.set_grad_enabled(message.grad_enabled):
-            result = func(*args, **kwargs)
         name = getattr(func, "__qualname__", type(func).__name__)
-        return self._store_result(result, inputs, peer, "call", name)
+        taint = self.privacy.call_taint(inputs.values(), peer) if self.privacy.sources else None
+        failure = None
+        try:
+            with torch.set_grad_enabled(message.grad_enabled):
+                result = func(*args, **kwargs)
+        except Exception as exc:
+            if taint is None:
+                raise
+            failure = _withheld(exc, name, self.id, peer)
+        if failure is not None:
+            raise failure
+        if taint is not None:  # shipped code may have written into any argument
+            written = self.privacy.written(name, kwargs, inputs, {}, everything=True)
+            self._taint_written(result, written, taint, peer, "call", name, inputs)
+        return self._store_result(result, inputs, peer, "call", name, taint)
 
     def _list(self, message: ListObjects, peer: str) -> dict[int, Any]:
         return {obj_id: _spec(obj_id, obj) for obj_id, obj in self.store.objects.items()}
+
+    def _budget(self, message: BudgetQuery, peer: str) -> dict[str, Any]:
+        return self.privacy.budget_report(peer).__dict__.copy()
+
+    # ------------------------------------------------------------------ data owner
+
+    def register(
+        self,
+        value: torch.Tensor,
+        *,
+        private: bool = True,
+        owner: str | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        policy: ReleasePolicy | str | None = None,
+    ) -> int:
+        """Put the data owner's ``value`` on this worker; returns its object id.
+
+        ``private``: only ``owner`` may fetch or move it, and what is computed from it leaves
+        only as the release ``policy`` says (None: the worker's, see ``set_release_policy``).
+        ``owner`` is the peer id allowed to fetch it over a transport; the default, None, lets
+        no peer fetch it (the owner holds this ``Worker``). ``tags`` describe it.
+
+        >>> import torch, bastion as sy
+        >>> worker = sy.Worker("doc-register")
+        >>> obj_id = worker.register(torch.ones(2), tags=["#ones"])
+        >>> worker.privacy.sources[obj_id].tags
+        ('#ones',)
+        """
+        if not isinstance(value, torch.Tensor):
+            raise SerializationError(
+                f"register() takes a tensor, not a {type(value).__name__}; wrap the data with "
+                "torch.tensor(...) first"
+            )
+        with self._lock:
+            obj_id = self._fresh_id()
+            self.store.put(obj_id, value)
+            detail = None
+            if private:
+                detail = self.privacy.register(obj_id, owner, tags, policy)
+            elif policy is not None or owner is not None:
+                raise ConfigurationError(
+                    "owner and policy apply to private data: register(..., private=True)"
+                )
+            elif tags:
+                detail = canonical_json({"tags": list(tags)})
+            self._record_create(obj_id, value, owner or self.id, "register", detail=detail)
+        log.info("data registered", worker=self.id, object_id=obj_id, private=private)
+        return obj_id
+
+    def set_release_policy(
+        self, policy: ReleasePolicy | str = "deny", *, budget: Budget | None = None
+    ) -> None:
+        """Set what may leave of objects computed from private data: ``"deny"`` (the
+        default), ``"allow"`` or ``DP(noise_multiplier, clip)``, and each peer's DP ``budget``.
+
+        Objects registered with their own ``policy`` keep it. The change is a ``policy`` event.
+        """
+        with self._lock:
+            detail = self.privacy.set_policy(policy, budget)
+            self.log.append("policy", peer=self.id, detail=detail)
+
+    def privacy_budget(self, peer: str) -> BudgetReport:
+        """What ``peer`` has spent of its DP budget on this worker, and has left."""
+        with self._lock:
+            return self.privacy.budget_report(peer)
 
 
 # ====================================================================== client side
@@ -431,6 +586,15 @@ class BaseWorker:
         self._request(Clear())
         return self
 
+    def privacy_budget(self) -> BudgetReport:
+        """What this peer has spent of its differential-privacy budget on the worker.
+
+        >>> import bastion as sy
+        >>> sy.VirtualWorker(id="doc-budget").privacy_budget().spent
+        0.0
+        """
+        return BudgetReport(**self._request(BudgetQuery()))
+
     def list_objects(self) -> dict[int, TensorSpec | ObjectSpec]:
         """What the worker holds, as ``{id: TensorSpec | ObjectSpec}``."""
         self._flush_deletes()
@@ -447,6 +611,20 @@ class BaseWorker:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id:{self.id} address:{self.address}>"
+
+
+def _withheld(exc: Exception, op: str, worker: str, peer: str) -> Exception:
+    """The error a peer sees when an operation on private data fails: its type, not its
+    message (messages may quote values, e.g. an out-of-range index)."""
+    log.warning("operation on private data failed", worker=worker, peer=peer, op=op,
+                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+    message = (f"{op} failed on private data; the message is withheld from peers (the data "
+               "owner's log has it)")
+    try:
+        error = type(exc)(message)
+    except Exception:
+        error = RuntimeError(message)
+    return error
 
 
 def _db_default(db: str | None) -> str | None:
@@ -506,6 +684,45 @@ class VirtualWorker(BaseWorker):
         """The worker's live ``{id: object}`` dict, as PySyft exposed it."""
         self._flush_deletes()
         return self._worker.store.objects
+
+    def register(
+        self,
+        value: torch.Tensor,
+        *,
+        private: bool = True,
+        tags: tuple[str, ...] | list[str] = (),
+        policy: ReleasePolicy | str | None = None,
+    ) -> Any:
+        """Put your data on this in-process worker as its owner; returns a pointer to it.
+
+        You (this handle's peer id) are the owner: only you may fetch or move it; what
+        other peers compute from it leaves only as the release ``policy`` says (see
+        ``Worker.register``). The data stays when the pointer is collected.
+
+        >>> import torch, bastion as sy
+        >>> alice = sy.VirtualWorker(id="doc-vregister")
+        >>> x = alice.register(torch.tensor([1.0, 2.0]), tags=["#ages"])
+        >>> (x * 2).get()
+        tensor([2., 4.])
+        """
+        from bastion.pointer import PointerTensor
+        from bastion.transports.memory import isolate
+
+        self._flush_deletes()
+        obj_id = self._worker.register(
+            isolate(value) if isinstance(value, torch.Tensor) else value, private=private,
+            owner=self._connection.peer if private else None, tags=tags, policy=policy,
+        )
+        pointer = PointerTensor._make(self, _spec(obj_id, self._worker.store.get(obj_id)),
+                                      leaf=True)  # fmt: skip
+        pointer.__dict__["garbage_collect_data"] = False
+        return pointer
+
+    def set_release_policy(
+        self, policy: ReleasePolicy | str = "deny", *, budget: Budget | None = None
+    ) -> None:
+        """Set what may leave of objects computed from private data (``Worker``'s method)."""
+        self._worker.set_release_policy(policy, budget=budget)
 
     @property
     def audit(self) -> EventLog:

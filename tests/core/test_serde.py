@@ -23,6 +23,7 @@ from bastion.errors import SerializationError
 from bastion.messages import (
     RECORDS,
     WIRE_FIELDS,
+    BudgetQuery,
     CallFunction,
     Clear,
     Create,
@@ -208,6 +209,7 @@ RECORD_EXAMPLES = [
     RunOp("torch.sum", (Ref(1),), {"dim": (0, 1), "dtype": torch.float64}, False),
     CallFunction(b"\x80\x05cloudpickled", (Ref(1), 2), {"k": [3]}),
     ListObjects(),
+    BudgetQuery(),
     Reply(value={1: TensorSpec(1, (), torch.int64), 2: ObjectSpec(2, "int")}),
     Reply(error=ErrorInfo("PermissionDenied", "private data")),
 ]
