@@ -260,7 +260,10 @@ def _epsilon(mechanism: str, history: list[tuple[float, float, int]], delta: flo
     accountant = create_accountant(mechanism)
     accountant.history = list(history)
     if mechanism == "prv":
-        return float(accountant.get_epsilon(delta=delta, eps_error=0.01))
+        import numpy as np
+
+        with np.errstate(divide="ignore"):  # log(0) at sample rate 1, masked out inside
+            return float(accountant.get_epsilon(delta=delta, eps_error=0.01))
     return float(accountant.get_epsilon(delta=delta))
 
 
