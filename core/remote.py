@@ -34,7 +34,11 @@ class RemoteWorker(BaseWorker):
     """
 
     def __init__(
-        self, connection: Any, *, garbage_collect: bool = True, options: dict[str, Any] | None = None
+        self,
+        connection: Any,
+        *,
+        garbage_collect: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             connection.worker_id, connection.address, connection, garbage_collect=garbage_collect

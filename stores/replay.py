@@ -34,7 +34,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bastion.errors import ConfigurationError, EventLogError
 from bastion.stores import payloads as _payloads
-from bastion.stores.eventlog import SCHEMA_VERSION, _reason, _resolve_url, events_table, schema_table
+from bastion.stores.eventlog import (
+    SCHEMA_VERSION,
+    _reason,
+    _resolve_url,
+    events_table,
+    schema_table,
+)
 from bastion.stores.payloads import snapshots_table
 
 

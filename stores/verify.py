@@ -98,14 +98,17 @@ def _walk(
              prev_hash, hash_) = row  # fmt: skip
             if wid != current:
                 current, expected_seq, prev = wid, 1, ""
+            why = None
             if seq != expected_seq:
-                return checked, ((wid, seq), f"expected seq {expected_seq}: events are missing"), stored
-            if prev_hash != prev:
-                return checked, ((wid, seq), "it does not link to the event before it"), stored
-            fields = (wid, seq, ts, kind, oid, peer, origin, op, _ints(inputs) or (), dtype,
-                      _ints(shape), digest, detail or "{}")  # fmt: skip
-            if hash_ != _hash(prev, fields):
-                return checked, ((wid, seq), "its fields do not give its hash: the row was changed"), stored
+                why = f"expected seq {expected_seq}: events are missing"
+            elif prev_hash != prev:
+                why = "it does not link to the event before it"
+            elif hash_ != _hash(prev, (wid, seq, ts, kind, oid, peer, origin, op,
+                                       _ints(inputs) or (), dtype, _ints(shape), digest,
+                                       detail or "{}")):  # fmt: skip
+                why = "its fields do not give its hash: the row was changed"
+            if why is not None:
+                return checked, ((wid, seq), why), stored
             if detail and kind == "create" and '"payload":' in detail and digest not in stored:
                 stored[digest] = (wid, seq)
             checked += 1
