@@ -123,6 +123,10 @@ def replay(
         with engine.connect() as conn:
             if worker is None:
                 worker = _only_worker(conn, resolved)
+            else:
+                t = events_table.c
+                if conn.execute(sa.select(t.seq).where(t.worker_id == worker).limit(1)).first() is None:
+                    raise EventLogError(f"the event log at {url} holds no events of worker {worker!r}")
             return replay_connection(conn, worker, until, folder, source=str(url))
     except SQLAlchemyError as exc:
         raise EventLogError(f"cannot replay the event log at {url}: {_reason(exc)}") from exc
@@ -146,10 +150,7 @@ def _target_seq(conn: sa.Connection, worker: str, until: Any, source: str) -> in
     t = events_table.c
     last = sa.select(sa.func.max(t.seq)).where(t.worker_id == worker)
     if until is None:
-        seq = conn.execute(last).scalar()
-        if seq is None:
-            raise EventLogError(f"the event log at {source} holds no events of worker {worker!r}")
-        return int(seq)
+        return int(conn.execute(last).scalar() or 0)
     if isinstance(until, datetime.datetime):
         until = until.timestamp()
     if isinstance(until, bool) or not isinstance(until, (int, float)):
