@@ -123,15 +123,18 @@ def replay(
         with engine.connect() as conn:
             if worker is None:
                 worker = _only_worker(conn, resolved)
-            else:
-                t = events_table.c
-                if conn.execute(sa.select(t.seq).where(t.worker_id == worker).limit(1)).first() is None:
-                    raise EventLogError(f"the event log at {url} holds no events of worker {worker!r}")
+            elif not _has_events(conn, worker):
+                raise EventLogError(f"the event log at {url} holds no events of worker {worker!r}")
             return replay_connection(conn, worker, until, folder, source=str(url))
     except SQLAlchemyError as exc:
         raise EventLogError(f"cannot replay the event log at {url}: {_reason(exc)}") from exc
     finally:
         engine.dispose()
+
+
+def _has_events(conn: sa.Connection, worker: str) -> bool:
+    t = events_table.c
+    return conn.execute(sa.select(t.seq).where(t.worker_id == worker).limit(1)).first() is not None
 
 
 def _only_worker(conn: sa.Connection, url: str) -> str:
