@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bastion.errors import ConfigurationError
-from bastion.events import Event, payload_digest
+from bastion.events import payload_digest
 from bastion.logs import get_logger
 from bastion.privacy import (
     DP,
@@ -126,8 +126,8 @@ class PrivacyGuard:
     # ------------------------------------------------------------------ configuration
 
     def register(self, obj_id: int, owner: str | None, tags: Iterable[str],
-                 policy: ReleasePolicy | str | None) -> str:  # fmt: skip
-        """Mark ``obj_id`` private; returns the ``create`` event's detail (canonical JSON)."""
+                 policy: ReleasePolicy | str | None) -> dict[str, Any]:  # fmt: skip
+        """Mark ``obj_id`` private; returns the ``create`` event's detail."""
         tags = tuple(tags)
         if not all(isinstance(tag, str) and tag for tag in tags):
             raise ConfigurationError(f"tags are non-empty strings, got {tags!r}")
@@ -137,7 +137,7 @@ class PrivacyGuard:
         self.sources[obj_id] = source
         self.labels[obj_id] = frozenset((obj_id,))
         self.originals.add(obj_id)
-        return canonical_json(source.to_json())
+        return source.to_json()
 
     def set_policy(self, policy: ReleasePolicy | str, budget: Budget | None) -> dict[str, Any]:
         """Set the default release policy and the per-peer budget; returns the event detail."""
@@ -172,17 +172,17 @@ class PrivacyGuard:
             taint = everything if taint is None else taint | everything
         return taint
 
-    def label(self, obj_id: int, taint: frozenset[int]) -> str:
+    def label(self, obj_id: int, taint: frozenset[int]) -> dict[str, Any]:
         """Mark a result derived from ``taint``; returns its ``create`` event's detail."""
         if obj_id in self.originals:  # written in place: still the owner's private object
-            return canonical_json(self.sources[obj_id].to_json())
+            return self.sources[obj_id].to_json()
         current = self.labels.get(obj_id)
         if current is not None and not taint <= current:
             taint = current | taint
         elif current is not None:
             taint = current
         self.labels[obj_id] = taint
-        return canonical_json({"derived": True, "sources": sorted(taint)})
+        return {"derived": True, "sources": sorted(taint)}
 
     def snapshot(self, inputs: dict[int, int]) -> dict[int, int]:
         """Version counters of the tensor inputs, to see afterwards which were written."""
@@ -356,37 +356,38 @@ class PrivacyGuard:
 
     # ------------------------------------------------------------------ restart
 
-    def restore(self, events: Iterable[Event]) -> None:
-        """Rebuild flags, policy and spent budgets from a worker's events, oldest first.
+    def restore(self) -> None:
+        """Rebuild after a restart: flags from the recovered objects' details, sources from
+        their registration events, the policy and the spent budgets from the log."""
+        log, details = self.worker.log, self.worker.store.details
+        policies = log.events(kind="policy")
+        if policies:
+            self.default = policy_from_json(policies[-1].detail["default"]) or Deny()
+            budget = policies[-1].detail.get("budget")
+            self.budget = None if budget is None else Budget(**budget)
+        for event in log.events(kind="release"):
+            if event.detail.get("mechanism") == "gaussian":
+                step = {"noise_multiplier": event.detail["noise_multiplier"],
+                        "sample_rate": event.detail.get("sample_rate", 1.0)}  # fmt: skip
+                self.accountants.setdefault(event.peer, Accountant()).step(**step)
+                self.total.step(**step)
+        for obj_id, text in details.items():
+            detail = json.loads(text)
+            if detail.get("private"):
+                self.sources[obj_id] = _source(detail)
+                self.labels[obj_id] = frozenset((obj_id,))
+                self.originals.add(obj_id)
+            elif detail.get("derived"):
+                self.labels[obj_id] = frozenset(detail["sources"])
+        named = set().union(*self.labels.values()) if self.labels else set()
+        for source_id in named - self.sources.keys():  # registered, since fetched or deleted
+            registered = [e for e in log.events(kind="create", object_id=source_id)
+                          if e.detail.get("private")]  # fmt: skip
+            # A source whose registration is not in the log is kept private to no one.
+            self.sources[source_id] = (_source(registered[-1].detail) if registered
+                                       else Source(None, (), Deny()))  # fmt: skip
 
-        Labels are kept for the objects the store holds once the events are read.
-        """
-        for event in events:
-            detail = event.detail
-            if event.kind == "create" and event.object_id is not None:
-                if detail.get("private"):
-                    self.sources[event.object_id] = Source(
-                        detail.get("owner"), tuple(detail.get("tags", ())),
-                        policy_from_json(detail.get("policy")))
-                    self.labels[event.object_id] = frozenset((event.object_id,))
-                    self.originals.add(event.object_id)
-                elif detail.get("derived"):
-                    self.labels[event.object_id] = frozenset(detail["sources"])
-                    self.originals.discard(event.object_id)
-            elif event.kind == "policy":
-                self.default = policy_from_json(detail["default"]) or Deny()
-                budget = detail.get("budget")
-                self.budget = None if budget is None else Budget(**budget)
-            elif event.kind == "release" and detail.get("mechanism") == "gaussian":
-                z, q = detail["noise_multiplier"], detail.get("sample_rate", 1.0)
-                self.accountants.setdefault(event.peer, Accountant()).step(
-                    noise_multiplier=z, sample_rate=q)
-                self.total.step(noise_multiplier=z, sample_rate=q)
-        live = self.worker.store.objects
-        for obj_id in [i for i in self.labels if i not in live]:
-            self.forget((obj_id,))
 
-
-def canonical_json(detail: dict[str, Any]) -> str:
-    """Compact, key-sorted, ASCII JSON: the event log's canonical form of ``detail``."""
-    return json.dumps(detail, sort_keys=True, separators=(",", ":"))
+def _source(detail: dict[str, Any]) -> Source:
+    return Source(detail.get("owner"), tuple(detail.get("tags", ())),
+                  policy_from_json(detail.get("policy")))  # fmt: skip

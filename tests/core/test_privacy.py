@@ -196,22 +196,31 @@ def test_a_restarted_worker_stays_private_and_keeps_what_was_spent(tmp_path):
     worker.set_release_policy(sy.DP(noise_multiplier=1.5, clip=1.0),
                               budget=sy.Budget(epsilon=20.0, delta=1e-5))  # fmt: skip
     obj_id = worker.register(torch.ones(3), owner="alice-laptop", tags=["#t"], policy="allow")
-    other = worker.register(torch.ones(3))
-    from bastion.messages import Get, Ref, RunOp
+    other = worker.register(torch.ones(3), owner="alice-laptop")
+    from bastion.messages import Delete, Get, Ref, RunOp
 
     for _ in range(3):
         spec = worker.handle(RunOp("torch.sum", (Ref(other),), {}), peer="eve").value
         assert worker.handle(Get(spec.id), peer="eve").ok
+    derived = worker.handle(RunOp("torch.mul", (Ref(obj_id), 2), {}), peer="eve").value.id
+    still = worker.handle(RunOp("torch.sub", (Ref(other), 1), {}), peer="eve").value.id
+    assert worker.handle(Delete([other]), peer="alice-laptop").value == 1
+    assert other not in worker.store and worker.privacy.labels[still] == {other}
     before = worker.privacy_budget("eve")
-    sources = dict(worker.privacy.sources)
+    labels, sources = dict(worker.privacy.labels), dict(worker.privacy.sources)
     worker.close()
 
     again = sy.Worker("alice", db=db)
+    assert again.recovered is not None and again.privacy.labels == labels
     assert again.privacy.sources == sources
     assert again.privacy.sources[obj_id].owner == "alice-laptop"
     assert again.privacy.default == sy.DP(noise_multiplier=1.5, clip=1.0)
     assert again.privacy.budget == sy.Budget(epsilon=20.0, delta=1e-5)
     assert again.privacy_budget("eve") == before and before.releases == 3
+    refused = again.handle(Get(obj_id), peer="eve")
+    assert refused.error.type_name == "PermissionDenied" and "private" in refused.error.message
+    assert again.handle(Get(derived), peer="eve").ok  # its source's policy: allow
+    assert again.handle(Get(obj_id), peer="alice-laptop").ok  # the owner
     again.close()
 
 
