@@ -223,7 +223,8 @@ class PrivacyGuard:
 
     def owns(self, peer: str, sources: Iterable[int]) -> bool:
         """True when ``peer`` registered every one of ``sources``."""
-        return all(self.sources[s].owner == peer for s in sources)
+        return all((owner := self.sources[s].owner) is not None and owner == peer
+                   for s in sources)  # fmt: skip
 
     def policy_for(self, sources: frozenset[int]) -> tuple[ReleasePolicy, str]:
         """The strictest of the sources' policies (a source without one has the default),
@@ -271,59 +272,74 @@ class PrivacyGuard:
         if obj_id in self.originals:
             raise self.refuse(obj_id, peer, "get", "the object is private: only its owner may "
                               "fetch it; compute on it and ask for a release of the result")
+        grad = value.grad if with_grad and isinstance(value, torch.Tensor) and value.is_leaf \
+            else None  # fmt: skip
+        released = self.release(sources, (value, grad), peer, "get", obj_id)
+        if released is None:
+            return None
+        (value, grad), digest = released
+        return value, grad, digest
+
+    def release(self, sources: frozenset[int], value: Any, peer: str, request: str,
+                obj_id: int | None = None) -> tuple[Any, str] | None:  # fmt: skip
+        """Let ``value``, derived from ``sources``, leave to ``peer`` as the policy says.
+
+        Returns None when it leaves as it is (``allow``: a ``release`` event), ``(noised
+        value, digest)`` under ``dp`` (tensors and numbers in tuples, lists and dicts are
+        clipped together and noised), or raises ``PermissionDenied`` (a ``denied`` event).
+        """
+        if self.owns(peer, sources):
+            return None
         policy, why = self.policy_for(sources)
         if isinstance(policy, Allow):
-            self._record_release(obj_id, peer, "get", sources, {"mechanism": "allow"})
+            self._record_release(obj_id, peer, request, sources, {"mechanism": "allow"})
             return None
         if isinstance(policy, Deny):
-            raise self.refuse(obj_id, peer, "get", f"the object is computed from private data "
-                              f"and {why}")
-        return self._dp_release(obj_id, value, peer, with_grad, sources, policy)
+            raise self.refuse(obj_id, peer, request, f"the object is computed from private "
+                              f"data and {why}")
+        return self._dp_release(obj_id, value, peer, request, sources, policy)
 
-    def _dp_release(self, obj_id: int, value: Any, peer: str, with_grad: bool,
-                    sources: frozenset[int], policy: DP) -> tuple[Any, Any, str]:  # fmt: skip
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (number or isinstance(value, torch.Tensor)) or (
-            isinstance(value, torch.Tensor) and (value.is_complex() or value.is_sparse)
-        ):
-            raise self.refuse(obj_id, peer, "get", f"a dp release is of a real tensor or number, "
-                              f"not a {type(value).__name__}")
+    def _dp_release(self, obj_id: int | None, value: Any, peer: str, request: str,
+                    sources: frozenset[int], policy: DP) -> tuple[Any, str]:  # fmt: skip
+        leaves: list[torch.Tensor] = []
+        try:
+            template = _flatten(value, leaves)
+        except TypeError as exc:
+            raise self.refuse(obj_id, peer, request, f"a dp release is of real tensors and "
+                              f"numbers (in tuples, lists or dicts), not {exc}") from None
         budget = self.budget
         if budget is None:
-            raise self.refuse(obj_id, peer, "get", "the release policy is dp but the worker "
+            raise self.refuse(obj_id, peer, request, "the release policy is dp but the worker "
                               "sets no privacy budget (set_release_policy(..., budget=Budget()))")
         z = policy.noise_multiplier
         accountant = self.accountants.setdefault(peer, Accountant())
         spent = accountant.epsilon(budget.delta)
         after = accountant.epsilon_after(noise_multiplier=z, delta=budget.delta)
         if after > budget.epsilon:
-            raise self.refuse(obj_id, peer, "get", f"privacy budget spent: this release would "
+            raise self.refuse(obj_id, peer, request, f"privacy budget spent: this release would "
                               f"bring epsilon to {after:.4g}, past the budget {budget.epsilon:g} "
                               f"(spent {spent:.4g}, delta {budget.delta:g})")
         if budget.total_epsilon is not None:
             total = self.total.epsilon_after(noise_multiplier=z, delta=budget.delta)
             if total > budget.total_epsilon:
-                raise self.refuse(obj_id, peer, "get", f"the worker's total privacy budget is "
-                                  f"spent: this release would bring it to {total:.4g}, past "
+                raise self.refuse(obj_id, peer, request, f"the worker's total privacy budget "
+                                  f"is spent: this release would bring it to {total:.4g}, past "
                                   f"{budget.total_epsilon:g}")
-        grad = value.grad if with_grad and isinstance(value, torch.Tensor) and value.is_leaf \
-            else None  # fmt: skip
-        parts = [torch.tensor(float(value), dtype=torch.float64) if number else value]
-        parts += [] if grad is None else [grad]
-        noised = gaussian_release(parts, policy.clip, z)
-        released = noised[0].item() if number else noised[0]
+        noised = gaussian_release(leaves, policy.clip, z)
+        released = _rebuild(template, noised)
         accountant.step(noise_multiplier=z)
         self.total.step(noise_multiplier=z)
-        digest = payload_digest(released)
-        self._record_release(obj_id, peer, "get", sources, {
+        digest = (payload_digest(noised[0]) if len(noised) == 1 else
+                  payload_digest(tuple(payload_digest(t) for t in noised)))  # fmt: skip
+        self._record_release(obj_id, peer, request, sources, {
             "mechanism": "gaussian", "accountant": accountant.mechanism, "noise_multiplier": z,
             "sigma": policy.sigma, "sensitivity": policy.clip, "sample_rate": 1.0,
             "epsilon_spent": after - spent, "epsilon_total": after,
             "epsilon_budget": budget.epsilon, "delta": budget.delta,
         }, digest=digest)
-        return released, (noised[1] if grad is not None else None), digest
+        return released, digest
 
-    def _record_release(self, obj_id: int, peer: str, request: str, sources: frozenset[int],
+    def _record_release(self, obj_id: int | None, peer: str, request: str, sources: frozenset[int],
                         detail: dict[str, Any], digest: str | None = None) -> None:  # fmt: skip
         self.worker.log.append("release", object_id=obj_id, peer=peer, digest=digest,
                                detail={"request": request, "sources": sorted(sources), **detail})
@@ -386,6 +402,44 @@ class PrivacyGuard:
             # A source whose registration is not in the log is kept private to no one.
             self.sources[source_id] = (_source(registered[-1].detail) if registered
                                        else Source(None, (), Deny()))  # fmt: skip
+
+
+class _Number:
+    """Where a Python number stood in a released value."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _flatten(value: Any, leaves: list[torch.Tensor]) -> Any:
+    """``value`` with each tensor or number replaced by its index in ``leaves``."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.layout != torch.strided:
+            raise TypeError(f"a {value.dtype} {value.layout} tensor")
+        leaves.append(value)
+        return len(leaves) - 1
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        leaves.append(torch.tensor(float(value), dtype=torch.float64))
+        return _Number(len(leaves) - 1)
+    if value is None:
+        return None
+    if type(value) in (tuple, list):
+        return type(value)(_flatten(item, leaves) for item in value)
+    if type(value) is dict:
+        return {key: _flatten(item, leaves) for key, item in value.items()}
+    raise TypeError(f"a {type(value).__name__}")
+
+
+def _rebuild(template: Any, leaves: list[torch.Tensor]) -> Any:
+    if type(template) is int:
+        return leaves[template]
+    if isinstance(template, _Number):
+        return leaves[template.index].item()
+    if type(template) in (tuple, list):
+        return type(template)(_rebuild(item, leaves) for item in template)
+    if type(template) is dict:
+        return {key: _rebuild(item, leaves) for key, item in template.items()}
+    return template
 
 
 def _source(detail: dict[str, Any]) -> Source:

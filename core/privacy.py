@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,12 +260,15 @@ def _epsilon(mechanism: str, history: list[tuple[float, float, int]], delta: flo
 
     accountant = create_accountant(mechanism)
     accountant.history = list(history)
-    if mechanism == "prv":
-        import numpy as np
+    with warnings.catch_warnings():
+        # "Optimal order is the smallest alpha": a fact about tiny noise, not a failure.
+        warnings.filterwarnings("ignore", "Optimal order", UserWarning)
+        if mechanism == "prv":
+            import numpy as np
 
-        with np.errstate(divide="ignore"):  # log(0) at sample rate 1, masked out inside
-            return float(accountant.get_epsilon(delta=delta, eps_error=0.01))
-    return float(accountant.get_epsilon(delta=delta))
+            with np.errstate(divide="ignore"):  # log(0) at sample rate 1, masked out inside
+                return float(accountant.get_epsilon(delta=delta, eps_error=0.01))
+        return float(accountant.get_epsilon(delta=delta))
 
 
 # ---------------------------------------------------------------------- the mechanism

@@ -150,8 +150,10 @@ def test_dp_releases_numbers_and_refuses_other_objects(m1):
     x = m1.register(torch.tensor([0.25, 0.25]))
     ex = pointer_to(as_peer(m1, "eve"), x.id_at_location)
     assert isinstance(ex.sum().item().get(), float)
-    with pytest.raises(sy.PermissionDenied, match="real tensor or number"):
-        ex.tolist().get()
+    noised = ex.tolist().get()  # numbers in lists are released together
+    assert isinstance(noised, list) and len(noised) == 2 and isinstance(noised[0], float)
+    with pytest.raises(sy.PermissionDenied, match="real tensors and numbers"):
+        ex.type().get()  # a string
 
 
 def test_dp_without_a_budget_is_refused(m1):
@@ -257,3 +259,20 @@ def test_gaussian_release_clips_the_values_together():
     one, two = (gaussian_release([torch.zeros(8)], clip=1.0, noise_multiplier=1.0)[0]
                 for _ in range(2))  # fmt: skip
     assert not torch.equal(one, two), "fresh noise for each release"
+
+
+def test_a_structured_value_is_released_as_one_vector():
+    worker = sy.Worker("structured")
+    worker.set_release_policy(sy.DP(noise_multiplier=1e-9, clip=1.0),
+                              budget=sy.Budget(epsilon=1e30, delta=1e-5))  # fmt: skip
+    x = worker.register(torch.ones(1), owner="alice")
+    update = {"w": torch.tensor([[3.0]]), "b": [torch.tensor([0.0]), 4.0], "none": None}
+    (released, digest) = worker.privacy.release(frozenset({x}), update, "eve", "call")
+    assert released["w"].item() == pytest.approx(0.6) and released["b"][1] == pytest.approx(0.8)
+    assert released["none"] is None and isinstance(released["b"][1], float)
+    (event,) = worker.log.events(kind="release")
+    assert event.object_id is None and event.digest == digest and event.detail["request"] == "call"
+    assert worker.privacy.release(frozenset({x}), update, "alice", "call") is None  # the owner
+    nobody = worker.register(torch.ones(1))  # owner None: no peer owns it
+    assert worker.privacy.release(frozenset({nobody}), update, None, "call") is not None
+    worker.close()
