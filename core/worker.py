@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -31,6 +31,7 @@ from bastion import ops, plugins, serde
 from bastion.errors import (
     BastionError,
     ConfigurationError,
+    LocationError,
     PermissionDenied,
     SerializationError,
     UnsupportedOperation,
@@ -52,6 +53,8 @@ from bastion.messages import (
     Ref,
     Reply,
     RunOp,
+    Search,
+    Tag,
     TensorSpec,
 )
 from bastion.stores import EventLog
@@ -80,6 +83,44 @@ def _is_structseq(value: Any) -> bool:
     return type(value).__module__ == "torch.return_types"
 
 
+MAX_TAGS, MAX_TAG_CHARS, MAX_DESCRIPTION_CHARS = 64, 256, 65536
+
+
+def normalize_tags(tags: str | Iterable[Any]) -> tuple[str, ...]:
+    """Tags as a tuple of distinct non-empty strings, in order; a list among them is flattened.
+
+    >>> normalize_tags(["#digits", ("#train", "#digits")])
+    ('#digits', '#train')
+    """
+    flat: list[str] = []
+    for tag in [tags] if isinstance(tags, str) else tags:
+        flat.extend([tag] if isinstance(tag, str) else tag if isinstance(tag, (list, tuple))
+                    else [tag])  # fmt: skip
+    for tag in flat:
+        if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_CHARS or tag != tag.strip():
+            raise ConfigurationError(
+                f"a tag is a non-empty string of at most {MAX_TAG_CHARS} characters without "
+                f"surrounding spaces, such as '#digits'; got {tag!r}"
+            )
+    out = tuple(dict.fromkeys(flat))
+    if len(out) > MAX_TAGS:
+        raise ConfigurationError(f"{len(out)} tags on one object; at most {MAX_TAGS}")
+    return out
+
+
+def check_description(description: Any) -> str | None:
+    """``description`` if it is None or a string of at most 65,536 characters."""
+    if description is not None and (
+        not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS
+    ):
+        raise ConfigurationError(
+            f"a description is a string of at most {MAX_DESCRIPTION_CHARS} characters, got "
+            f"{type(description).__name__}"
+            + (f" of {len(description)}" if isinstance(description, str) else "")
+        )
+    return description
+
+
 class Worker:
     """A worker's data side: its objects, its event log, and the handler of every request.
 
@@ -104,6 +145,8 @@ class Worker:
         self.connect_options = dict(connect_options or {})
         self._lock = threading.RLock()
         self._peers: dict[str, Any] = {}
+        #: shipped functions already unpickled, by their bytes (the newest FUNCTION_CACHE kept)
+        self._functions: dict[bytes, Callable[..., Any]] = {}
         self._handlers = {
             Create: self._create,
             Get: self._get,
@@ -113,6 +156,8 @@ class Worker:
             RunOp: self._run_op,
             CallFunction: self._call,
             ListObjects: self._list,
+            Tag: self._tag,
+            Search: self._search,
         }
 
     # ------------------------------------------------------------------ entry point
@@ -148,7 +193,7 @@ class Worker:
 
     def _record_create(
         self, obj_id: int, value: Any, peer: str, origin: str, op: str | None = None,
-        inputs: tuple[int, ...] = (),
+        inputs: tuple[int, ...] = (), detail: dict[str, Any] | None = None,
     ) -> TensorSpec | ObjectSpec:
         """Log the ``create`` of ``value`` under ``obj_id``; returns what the client learns."""
         digest = payload_digest(value)
@@ -156,10 +201,10 @@ class Worker:
         if isinstance(value, torch.Tensor):
             shape = tuple(value.shape)
             self.log.record("create", obj_id, peer, origin, op, inputs, dtype_name(value.dtype),
-                            shape, digest, None)  # fmt: skip
+                            shape, digest, detail)  # fmt: skip
             return TensorSpec(obj_id, shape, value.dtype, value.requires_grad)
         kind = type(value).__name__
-        self.log.record("create", obj_id, peer, origin, op, inputs, kind, None, digest, None)
+        self.log.record("create", obj_id, peer, origin, op, inputs, kind, None, digest, detail)
         return ObjectSpec(obj_id, kind)
 
     def _digest(self, obj_id: int, value: Any) -> str:
@@ -247,9 +292,16 @@ class Worker:
     # ------------------------------------------------------------------ handlers
 
     def _create(self, message: Create, peer: str) -> TensorSpec | ObjectSpec:
+        detail = None
+        if message.tags or message.description is not None:
+            tags = normalize_tags(message.tags)
+            description = check_description(message.description)
+            detail = {"tags": list(tags), "description": description}
         obj_id = message.obj_id if message.obj_id is not None else self._fresh_id()
         self.store.put(obj_id, message.value)
-        return self._record_create(obj_id, message.value, peer, message.origin)
+        if detail is not None:
+            self.store.described[obj_id] = (tags, description)
+        return self._record_create(obj_id, message.value, peer, message.origin, detail=detail)
 
     def _get(self, message: Get, peer: str) -> Any:
         obj = self.store.get(message.obj_id)
@@ -266,7 +318,8 @@ class Worker:
     def _move(self, message: Move, peer: str) -> Any:
         obj = self.store.get(message.obj_id)
         connection = self._connect(message.destination)
-        reply = connection.request(Create(obj, message.obj_id, origin="move"))
+        tags, description = self.store.described.get(message.obj_id, ((), None))
+        reply = connection.request(Create(obj, message.obj_id, "move", tags, description))
         if reply.error is not None:
             raise error_from_wire(reply.error.type_name, reply.error.message)
         digest = self._digest(message.obj_id, obj)
@@ -316,17 +369,50 @@ class Worker:
                 peer, "call", "this worker does not run shipped code; start it with "
                 "allow_code=True to allow it"
             )
-        func = cloudpickle.loads(message.code)
+        func = self._functions.get(message.code)
+        if func is None:
+            func = cloudpickle.loads(message.code)
+            self._functions[message.code] = func
+            while len(self._functions) > self.FUNCTION_CACHE:
+                del self._functions[next(iter(self._functions))]
         inputs: dict[int, int] = {}
         args = self._resolve(message.args, inputs)
         kwargs = self._resolve(message.kwargs, inputs)
         with torch.set_grad_enabled(message.grad_enabled):
             result = func(*args, **kwargs)
         name = getattr(func, "__qualname__", type(func).__name__)
+        if message.return_value:  # one event for the whole value that leaves
+            self.log.record("get", None, peer, "call", name, tuple(inputs.values()), None, None,
+                            None, None)  # fmt: skip
+            return result
         return self._store_result(result, inputs, peer, "call", name)
+
+    #: How many distinct shipped functions a worker keeps unpickled (and their state, such as
+    #: a model built on the first call), so that shipping the same bytes again costs no
+    #: unpickling.
+    FUNCTION_CACHE = 16
 
     def _list(self, message: ListObjects, peer: str) -> dict[int, Any]:
         return {obj_id: _spec(obj_id, obj) for obj_id, obj in self.store.objects.items()}
+
+    def _tag(self, message: Tag, peer: str) -> None:
+        self.store.get(message.obj_id)
+        tags, description = self.store.described.get(message.obj_id, ((), None))
+        tags = normalize_tags((*tags, *normalize_tags(message.tags)))
+        if message.description is not None:
+            description = check_description(message.description)
+        self.store.described[message.obj_id] = (tags, description)
+
+    def _search(self, message: Search, peer: str) -> list[tuple[Any, list[str], str | None]]:
+        wanted = set(normalize_tags(message.tags))
+        if not wanted:
+            raise ConfigurationError("search for at least one tag, e.g. search('#digits')")
+        described, objects = self.store.described, self.store.objects
+        return [
+            (_spec(obj_id, objects[obj_id]), list(tags), description)
+            for obj_id, (tags, description) in described.items()
+            if wanted.issubset(tags) and obj_id in objects
+        ]
 
 
 # ====================================================================== client side
@@ -400,13 +486,19 @@ class BaseWorker:
 
     # ------------------------------------------------------------------ public API
 
-    def send(self, obj: torch.Tensor | nn.Module) -> Any:
+    def send(
+        self, obj: torch.Tensor | nn.Module, *, tags: Iterable[str] = (),
+        description: str | None = None,
+    ) -> Any:
         """Send a tensor (returns a ``PointerTensor``) or a module (its parameters become pointers).
 
+        ``tags`` and ``description`` (added to those the tensor carries, see ``tag()``) let
+        the worker's peers find it with ``search``.
+
         >>> import torch, bastion as sy
-        >>> ptr = sy.VirtualWorker(id="doc-send").send(torch.ones(2))
-        >>> ptr.shape
-        torch.Size([2])
+        >>> ptr = sy.VirtualWorker(id="doc-send").send(torch.ones(2), tags=["#ones"])
+        >>> ptr.shape, ptr.tags
+        (torch.Size([2]), ('#ones',))
         """
         from bastion.modules import send_module
         from bastion.pointer import ObjectPointer, PointerTensor
@@ -422,8 +514,73 @@ class BaseWorker:
                 f"cannot send a {type(obj).__name__} to {self.id}: bastion sends tensors and "
                 "nn.Modules; wrap the data with torch.tensor(...) first"
             )
+        own = obj.__dict__
+        if tags or description is not None or "_tags" in own or "_description" in own:
+            tags = normalize_tags((*own.get("_tags", ()), *normalize_tags(tags)))
+            if description is None:
+                description = own.get("_description")
+            spec = self._request(Create(obj, None, "send", tags, check_description(description)))
+            pointer = PointerTensor._make(self, spec, leaf=True)
+            pointer.__dict__.update(_tags=tags, _description=description)
+            return pointer
         spec = self._request(Create(obj))
         return PointerTensor._make(self, spec, leaf=True)
+
+    def search(self, *tags: str | Iterable[str]) -> list[Any]:
+        """Pointers to the objects carrying every one of ``tags`` (``search("#digits")``).
+
+        The pointers do not delete their objects when collected: the data is its owner's.
+
+        >>> import torch, bastion as sy
+        >>> bob = sy.VirtualWorker(id="doc-search")
+        >>> _ = bob.send(torch.ones(2), tags=["#digits", "#train"], description="ones")
+        >>> [(p.shape, p.description) for p in bob.search("#digits", "#train")]
+        [(torch.Size([2]), 'ones')]
+        >>> bob.search("#digits", "#test")
+        []
+        """
+        from bastion.pointer import ObjectPointer, PointerTensor
+
+        self._flush_deletes()
+        found = []
+        for spec, found_tags, description in self._request(Search(normalize_tags(tags))):
+            if isinstance(spec, TensorSpec):
+                pointer = PointerTensor._make(self, spec, leaf=True)
+            else:
+                pointer = ObjectPointer(self, spec)
+            pointer.__dict__.update(garbage_collect_data=False, _tags=tuple(found_tags),
+                                    _description=description)  # fmt: skip
+            found.append(pointer)
+        return found
+
+    def call(self, func: Callable[..., Any] | bytes, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``func(*args, **kwargs)`` on the worker and return its value, in one round trip.
+
+        Pointers among the arguments stand for the objects they point to there; tensors and
+        plain values travel along. ``func`` is shipped with cloudpickle (or give the bytes of
+        ``cloudpickle.dumps(func)``, to pickle a function called often once); the worker must
+        run with ``allow_code=True`` and refuses otherwise with ``PermissionDenied``. The
+        value must be something the wire format carries (tensors, numbers, dicts...).
+
+        >>> import torch, bastion as sy
+        >>> bob = sy.VirtualWorker(id="doc-call", allow_code=True)
+        >>> x = bob.send(torch.tensor([1.0, 2.0]))
+        >>> bob.call(lambda t, k: (t * k).sum(), x, 3)
+        tensor(9.)
+        """
+        from bastion.pointer import _Call, _to_wire
+
+        code = func if isinstance(func, bytes) else cloudpickle.dumps(func)
+        call = _Call()
+        wire_args = tuple([_to_wire(arg, call) for arg in args])
+        wire_kwargs = {key: _to_wire(value, call) for key, value in kwargs.items()}
+        if call.location is not None and call.location is not self:
+            raise LocationError(
+                f"call() on worker {self.id} got a pointer to an object on {call.location.id}; "
+                f"move it to {self.id} first"
+            )
+        message = CallFunction(code, wire_args, wire_kwargs, torch.is_grad_enabled(), True)
+        return self._request(message)
 
     def clear_objects(self) -> BaseWorker:
         """Drop every object on this worker (pointers to them raise ``ObjectNotFoundError``)."""
