@@ -28,6 +28,7 @@ from bastion.errors import (
     UnsupportedOperation,
 )
 from bastion.events import Event
+from bastion.federated import BaseDataset, FederatedDataLoader, FederatedDataset
 from bastion.hook import TorchHook
 from bastion.modules import get_module, send_module
 from bastion.pointer import ObjectPointer, PointerParameter, PointerTensor
@@ -37,12 +38,15 @@ from bastion.worker import BaseWorker, LocalWorker, VirtualWorker, Worker, local
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseDataset",
     "BaseWorker",
     "BastionError",
     "ConfigurationError",
     "ConnectionLost",
     "Event",
     "EventLogError",
+    "FederatedDataLoader",
+    "FederatedDataset",
     "FrameError",
     "LocalWorker",
     "LocationError",
@@ -64,6 +68,7 @@ __all__ = [
     "SpawnedWorker",
     "WorkerServer",
     "connect",
+    "federated",
     "get_module",
     "local_worker",
     "send_module",

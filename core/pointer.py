@@ -19,6 +19,7 @@ tensor(9.)
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -360,7 +361,7 @@ def _to_wire(value: Any, call: _Call) -> Any:
         return value  # a plain tensor travels along with the request
     if kind is tuple or kind is list:
         return kind([_to_wire(item, call) for item in value])
-    if kind is dict:
+    if kind is dict or kind is OrderedDict:  # a state_dict travels as a plain dict
         return {key: _to_wire(item, call) for key, item in value.items()}
     if kind is slice:
         return slice(

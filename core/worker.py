@@ -198,13 +198,16 @@ class Worker:
         """Log the ``create`` of ``value`` under ``obj_id``; returns what the client learns."""
         digest = payload_digest(value)
         self.store.digests[obj_id] = digest
-        if isinstance(value, torch.Tensor):
-            shape = tuple(value.shape)
-            self.log.record("create", obj_id, peer, origin, op, inputs, dtype_name(value.dtype),
-                            shape, digest, detail)  # fmt: skip
+        tensor = isinstance(value, torch.Tensor)
+        kind = dtype_name(value.dtype) if tensor else type(value).__name__
+        shape = tuple(value.shape) if tensor else None
+        if detail is None:
+            self.log.record("create", obj_id, peer, origin, op, inputs, kind, shape, digest, None)
+        else:  # rare (tags): the checked path, which encodes the detail
+            self.log.append("create", object_id=obj_id, peer=peer, origin=origin, op=op,
+                            inputs=inputs, dtype=kind, shape=shape, digest=digest, detail=detail)
+        if tensor:
             return TensorSpec(obj_id, shape, value.dtype, value.requires_grad)
-        kind = type(value).__name__
-        self.log.record("create", obj_id, peer, origin, op, inputs, kind, None, digest, detail)
         return ObjectSpec(obj_id, kind)
 
     def _digest(self, obj_id: int, value: Any) -> str:
