@@ -241,7 +241,7 @@ class FederatedTrainer:
         updates, dropped = self._collect(number, jobs)
         if len(updates) < self.min_workers:
             raise FederatedError(
-                f"round {number}: {len(updates)} of {len(jobs) + len(dropped)} workers "
+                f"round {number}: {len(updates)} of {len(jobs)} workers "
                 f"answered, fewer than min_workers={self.min_workers}; the model is unchanged"
             )
         new_state = self.strategy.aggregate(global_state, updates)
