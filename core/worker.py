@@ -563,7 +563,9 @@ class BaseWorker:
         plain values travel along. ``func`` is shipped with cloudpickle (or give the bytes of
         ``cloudpickle.dumps(func)``, to pickle a function called often once); the worker must
         run with ``allow_code=True`` and refuses otherwise with ``PermissionDenied``. The
-        value must be something the wire format carries (tensors, numbers, dicts...).
+        value must be something the wire format carries (tensors, numbers, dicts...). The
+        worker keeps the functions it unpickled (the last ``Worker.FUNCTION_CACHE``) by their
+        bytes: the same bytes shipped again reuse the same function, with any state it holds.
 
         >>> import torch, bastion as sy
         >>> bob = sy.VirtualWorker(id="doc-call", allow_code=True)

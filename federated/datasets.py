@@ -84,15 +84,21 @@ class BaseDataset:
         return data, self.targets[index]
 
     def send(self, worker: BaseWorker, *, tags: Sequence[str] = (),
-             description: str | None = None) -> BaseDataset:  # fmt: skip
+             description: str | None = None, keep: bool = False) -> BaseDataset:  # fmt: skip
         """This dataset on ``worker``: data tagged ``#data``, targets ``#target``, both
-        with ``tags`` and ``description`` (so ``FederatedDataset.search`` finds them)."""
+        with ``tags`` and ``description`` (so ``FederatedDataset.search`` finds them).
+
+        As with any pointer, collecting the returned dataset's pointers deletes the data
+        there, unless ``keep``: a data owner's upload, found later with ``search``.
+        """
         if self.location is not None:
             raise LocationError(
                 f"this dataset is already on {self.location.id}; move its pointers instead"
             )
         data = worker.send(self.data, tags=[*tags, DATA_TAG], description=description)
         targets = worker.send(self.targets, tags=[*tags, TARGET_TAG], description=description)
+        if keep:
+            data.garbage_collect_data = targets.garbage_collect_data = False
         return BaseDataset(data, targets, self.transform)
 
     def get(self) -> BaseDataset:
@@ -108,11 +114,13 @@ class BaseDataset:
         shards: Sequence[torch.Tensor] | None = None,
         tags: Sequence[str] = (),
         description: str | None = None,
+        keep: bool = False,
     ) -> FederatedDataset:
         """Split the dataset and send one shard to each worker; returns the ``FederatedDataset``.
 
         ``shards`` are index tensors, one per worker (``iid_shards``, ``label_shards``);
         by default the samples are cut in order into parts that differ by one at most.
+        ``tags``, ``description`` and ``keep`` are those of ``send``.
         """
         workers = list(workers)
         if not workers:
@@ -130,7 +138,7 @@ class BaseDataset:
         for worker, index in zip(workers, shards):
             index = torch.as_tensor(index, dtype=torch.long)
             part = BaseDataset(self.data[index], self.targets[index], self.transform)
-            parts.append(part.send(worker, tags=tags, description=description))
+            parts.append(part.send(worker, tags=tags, description=description, keep=keep))
         return FederatedDataset(parts)
 
     def __repr__(self) -> str:
