@@ -25,7 +25,7 @@ import concurrent.futures as futures
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -107,7 +107,7 @@ class History:
     def __len__(self) -> int:
         return len(self.rounds)
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of RoundMetrics
+    def __iter__(self) -> Iterator[RoundMetrics]:
         return iter(self.rounds)
 
     def __repr__(self) -> str:
@@ -237,7 +237,7 @@ class FederatedTrainer:
         if self.style == "fast":  # packed once for every worker
             self._shipped()
             self._flat_global = self._training.layout.flatten(global_state)
-        jobs = self._jobs(number, global_state)
+        jobs = self._jobs(number)
         updates, dropped = self._collect(number, jobs)
         if len(updates) < self.min_workers:
             raise FederatedError(
@@ -260,8 +260,7 @@ class FederatedTrainer:
 
     # ------------------------------------------------------------------ one worker
 
-    def _job(self, number: int, index: int, dataset: BaseDataset,
-             global_state: State) -> tuple[State, dict[str, float]]:  # fmt: skip
+    def _job(self, number: int, index: int, dataset: BaseDataset) -> tuple[State, dict[str, float]]:
         seed = self.seed * 1_000_003 + number * 1009 + index
         if self.style == "fast":
             code = self._shipped()
@@ -269,6 +268,10 @@ class FederatedTrainer:
                 code, dataset.data, dataset.targets, self._flat_global, seed
             )
             return self._training.layout.unflatten(flat), metrics
+        with torch.enable_grad():
+            return self._pointer_job(dataset, seed)
+
+    def _pointer_job(self, dataset: BaseDataset, seed: int) -> tuple[State, dict[str, float]]:
         return train_with_pointers(
             self.model, dataset.data, dataset.targets, self.strategy,
             batch_size=self.batch_size, epochs=self.local_epochs, loss_fn=self.loss_fn,
@@ -285,9 +288,9 @@ class FederatedTrainer:
             self._code = cloudpickle.dumps(self._training)
         return self._code
 
-    def _jobs(self, number: int, global_state: State) -> dict[str, Callable[[], Any]]:
+    def _jobs(self, number: int) -> dict[str, Callable[[], Any]]:
         return {
-            worker: (lambda i=i, ds=ds: self._job(number, i, ds, global_state))
+            worker: (lambda i=i, ds=ds: self._job(number, i, ds))
             for i, (worker, ds) in enumerate(self.data.datasets.items())
         }
 

@@ -122,7 +122,12 @@ class LocalTraining:
         optimizer: OptimizerFactory | None = None,
         accuracy: bool = False,
     ) -> None:
-        self.skeleton = copy.deepcopy(model).to("meta")  # the structure travels, not weights
+        self.skeleton = copy.deepcopy(model)
+        # The structure travels, not the weights (the state comes with every call); a model
+        # with buffers outside its state_dict travels whole, since they would be lost.
+        self.on_meta = not any(m._non_persistent_buffers_set for m in model.modules())
+        if self.on_meta:
+            self.skeleton.to("meta")
         self.layout = StateLayout(self.skeleton.state_dict())
         self.strategy = strategy
         self.batch_size = batch_size
@@ -137,7 +142,9 @@ class LocalTraining:
 
     def _local_model(self) -> nn.Module:
         if self._model is None:
-            self._model = copy.deepcopy(self.skeleton).to_empty(device="cpu")
+            self._model = copy.deepcopy(self.skeleton)
+            if self.on_meta:
+                self._model.to_empty(device="cpu")
         return self._model
 
     def __call__(
@@ -145,6 +152,13 @@ class LocalTraining:
         seed: int,
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train from the flat global state; return the flat update and the metrics."""
+        with torch.enable_grad():  # whatever the caller's grad mode
+            return self._train(data, target, flat_state, seed)
+
+    def _train(
+        self, data: torch.Tensor, target: torch.Tensor, flat_state: dict[str, torch.Tensor],
+        seed: int,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         global_state = self.layout.unflatten(flat_state)
         model = self._local_model()
         with torch.no_grad():
