@@ -77,8 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     repeat = 3 if args.quick else 7
     rounds, n = args.rounds, args.workers
-    print(f"bastion {sy.__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch "
-          f"threads, {os.cpu_count()} cores: digits FedAvg, {n} workers, {rounds} rounds")
+    print(
+        f"bastion {sy.__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch "
+        f"threads, {os.cpu_count()} cores: digits FedAvg, {n} workers, {rounds} rounds"
+    )
     print("each row: bastion and the plain-PyTorch FedAvg, timed in turn (medians)")
     data = d.load_digits_data()
     plain_accuracy: list[float] = []

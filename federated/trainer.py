@@ -388,4 +388,3 @@ class FederatedTrainer:
             f"<FederatedTrainer {self.strategy!r} style={self.style} on "
             f"{len(self.data.workers)} workers, {len(self.history)} rounds done>"
         )
-

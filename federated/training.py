@@ -148,7 +148,10 @@ class LocalTraining:
         return self._model
 
     def __call__(
-        self, data: torch.Tensor, target: torch.Tensor, flat_state: dict[str, torch.Tensor],
+        self,
+        data: torch.Tensor,
+        target: torch.Tensor,
+        flat_state: dict[str, torch.Tensor],
         seed: int,
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train from the flat global state; return the flat update and the metrics."""
@@ -156,7 +159,10 @@ class LocalTraining:
             return self._train(data, target, flat_state, seed)
 
     def _train(
-        self, data: torch.Tensor, target: torch.Tensor, flat_state: dict[str, torch.Tensor],
+        self,
+        data: torch.Tensor,
+        target: torch.Tensor,
+        flat_state: dict[str, torch.Tensor],
         seed: int,
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         global_state = self.layout.unflatten(flat_state)

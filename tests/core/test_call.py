@@ -32,7 +32,10 @@ def test_call_returns_the_value_and_leaves_nothing_behind(make_worker):
     assert len(worker._objects) == 1
     event = worker.audit.events()[-1]
     assert (event.kind, event.origin, event.object_id, event.inputs) == (
-        "get", "call", None, (x.id_at_location,)
+        "get",
+        "call",
+        None,
+        (x.id_at_location,),
     )
 
 

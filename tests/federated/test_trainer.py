@@ -98,8 +98,12 @@ def test_the_progress_bar_shows_when_asked(federated, capsys):
 def test_bad_arguments_are_refused(federated):
     workers, fd, _ = federated
     model = nn.Linear(4, 2)
-    for kwargs, match in (({"style": "quick"}, "style"), ({"rounds": -1}, "rounds"),
-                          ({"batch_size": 0}, "batch_size"), ({"min_workers": 0}, "min_workers")):
+    for kwargs, match in (
+        ({"style": "quick"}, "style"),
+        ({"rounds": -1}, "rounds"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"min_workers": 0}, "min_workers"),
+    ):
         with pytest.raises(sy.ConfigurationError, match=match):
             FederatedTrainer(model, fd, **kwargs)
     with pytest.raises(sy.ConfigurationError, match="tags"):
