@@ -16,6 +16,7 @@ import signal
 import click
 
 from bastion import __version__
+from bastion.audit.cli import audit
 
 
 @click.group()
@@ -96,6 +97,9 @@ def plugins(as_json: bool) -> None:
     for problem in registry.problems():
         if "failed to load" not in problem:
             click.echo(f"problem: {problem}", err=True)
+
+
+cli.add_command(audit)
 
 
 def main() -> None:
