@@ -83,37 +83,10 @@ def _short(digest: str | None) -> str:
     return digest[:16] if digest else ""
 
 
-def _summary(event: Any) -> str:
-    """What an event says beyond its kind, object and peer, in a few words."""
-    from bastion.audit.lineage import origin_text, payload_text
-
-    if event.kind == "create":
-        return origin_text(event)
-    if event.kind == "move":
-        d = event.detail
-        return f"to {event.peer} as {d.get('new_id')} (requested by {d.get('requested_by')})"
-    if event.kind == "clear":
-        return f"dropped {len(event.detail.get('ids', []))} objects"
-    if event.kind == "denied":
-        return f"{event.detail.get('request')}: {event.detail.get('why')}"
-    text = payload_text(event)
-    if event.detail:
-        text = (text + " " if text else "") + json.dumps(event.detail, separators=(",", ":"))
-    return text
-
-
-def event_line(event: Any) -> str:
-    """One event on one line (``tail``)."""
-    from bastion.audit.reader import format_ts
-
-    oid = "" if event.object_id is None else str(event.object_id)
-    return (f"{format_ts(event.ts)}  {event.worker} #{event.seq}  {event.kind:<7} {oid:>17}  "
-            f"peer={event.peer or '-'}  {_summary(event)}").rstrip()  # fmt: skip
-
-
 def _table(events: Iterable[Any]) -> None:
     from rich.table import Table
 
+    from bastion.audit.export import event_summary
     from bastion.audit.reader import format_ts
 
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -124,7 +97,7 @@ def _table(events: Iterable[Any]) -> None:
     for e in events:
         table.add_row(format_ts(e.ts), e.worker, str(e.seq), e.kind,
                       "" if e.object_id is None else str(e.object_id), e.peer or "",
-                      _short(e.digest), _summary(e))  # fmt: skip
+                      _short(e.digest), event_summary(e))  # fmt: skip
     _console().print(table)
 
 
@@ -353,7 +326,7 @@ def export(db: str, fmt: str, output: str | None, worker: str | None,
 def tail(db: str, worker: str | None, lines: int, follow: bool, interval: float,
          duration: float | None, as_json: bool) -> None:  # fmt: skip
     """The latest events; with --follow, new events as a worker writes them."""
-    from bastion.audit.export import event_record
+    from bastion.audit.export import event_line, event_record
     from bastion.audit.reader import AuditLog
 
     def show_event(event: Any) -> None:

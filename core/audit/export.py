@@ -22,6 +22,7 @@ import json
 import os
 from typing import Any, TextIO
 
+from bastion.audit.lineage import origin_text, payload_text
 from bastion.audit.reader import AuditLog, format_ts, opened
 from bastion.errors import AuditError
 from bastion.events import Event
@@ -39,6 +40,30 @@ def event_record(event: Event) -> dict[str, Any]:
             "dtype": event.dtype, "shape": None if event.shape is None else list(event.shape),
             "digest": event.digest, "detail": event.detail, "prev_hash": event.prev_hash,
             "hash": event.hash}  # fmt: skip
+
+
+def event_summary(event: Event) -> str:
+    """What an event says beyond its kind, object and peer, in a few words."""
+    if event.kind == "create":
+        return origin_text(event)
+    if event.kind == "move":
+        d = event.detail
+        return f"to {event.peer} as {d.get('new_id')} (requested by {d.get('requested_by')})"
+    if event.kind == "clear":
+        return f"dropped {len(event.detail.get('ids', []))} objects"
+    if event.kind == "denied":
+        return f"{event.detail.get('request')}: {event.detail.get('why')}"
+    text = payload_text(event)
+    if event.detail:
+        text = (text + " " if text else "") + json.dumps(event.detail, separators=(",", ":"))
+    return text
+
+
+def event_line(event: Event) -> str:
+    """One event on one line: time, worker and seq, kind, object, peer, summary."""
+    oid = "" if event.object_id is None else str(event.object_id)
+    return (f"{format_ts(event.ts)}  {event.worker} #{event.seq}  {event.kind:<7} {oid:>17}  "
+            f"peer={event.peer or '-'}  {event_summary(event)}").rstrip()  # fmt: skip
 
 
 def export(
