@@ -207,6 +207,7 @@ def replay(db: str, at: Any, worker: str | None, directory: str | None, as_json:
     from bastion.audit.replay import export_store, store_at
 
     stores = store_at(db, at, worker)
+    written = [] if directory is None else export_store(db, directory, at, worker)
     if as_json:
         for name, objects in stores.items():
             for state in objects.values():
@@ -223,9 +224,8 @@ def replay(db: str, at: Any, worker: str | None, directory: str | None, as_json:
         _console().print(table)
         held = ", ".join(f"{name}: {len(objects)}" for name, objects in stores.items())
         click.echo(f"objects held: {held or 'none'}")
-    if directory is not None:
-        for path in export_store(db, directory, at, worker):
-            click.echo(f"wrote {path}", err=as_json)
+    for path in written:
+        click.echo(f"wrote {path}", err=as_json)
 
 
 @audit.command()

@@ -139,7 +139,11 @@ class AuditLog:
                 raise EventLogError(f"no event log at {self.name}: the file does not exist")
             self.engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
         else:
-            self.engine = sa.create_engine(self.url)
+            try:
+                self.engine = sa.create_engine(self.url)
+            except (SQLAlchemyError, ImportError, ValueError) as exc:
+                raise EventLogError(f"cannot open {self.name}: {exc}. Give a SQLite file path or "
+                                    "a SQLAlchemy URL whose driver is installed") from None
         try:
             self._check()
         except BaseException:
