@@ -343,13 +343,14 @@ def test_audit_reads_while_a_worker_appends(tmp_path, audit):
     def work() -> None:
         while not stop.is_set():
             (worker.send(torch.tensor([1.0])) * 2).get()
+            time.sleep(0.002)
 
     thread = threading.Thread(target=work)
     thread.start()
     try:
         time.sleep(0.3)
         seen = []
-        for _ in range(5):
+        for _ in range(3):
             (s,) = _json_lines(audit("stats", db, "--json"))
             assert audit("verify", db).exit_code == 0
             seen.append(s["events"])
