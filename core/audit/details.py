@@ -22,12 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from bastion.audit.export import event_record
-from bastion.audit.reader import AuditLog, opened, to_event
+from bastion.audit.reader import AuditLog, opened
 from bastion.audit.summary import payload_bytes
 from bastion.stores import VerifyResult, expected_hash, verify
-from bastion.stores.eventlog import events_table
-
-_T = events_table.c
 
 
 def describe(url: str | os.PathLike[str] | AuditLog, seq: int,
@@ -40,12 +37,10 @@ def describe(url: str | os.PathLike[str] | AuditLog, seq: int,
         record = event_record(event)
         record["payload_from"] = "this event" if event.dtype is not None else None
         if event.dtype is None and event.object_id is not None:
-            rows = log.query(sa.select(events_table)
-                             .where(_T.worker_id == event.worker, _T.object_id == event.object_id,
-                                    _T.kind == "create", _T.seq < event.seq)
-                             .order_by(_T.seq.desc()).limit(1))  # fmt: skip
-            if rows:
-                create = to_event(rows[0])
+            creates = [e for e in log.object_events(event.worker, event.object_id)
+                       if e.kind == "create" and e.seq < event.seq]
+            if creates:
+                create = creates[-1]
                 record["dtype"] = create.dtype
                 record["shape"] = None if create.shape is None else list(create.shape)
                 record["payload_from"] = f"create #{create.seq}"

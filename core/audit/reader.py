@@ -313,6 +313,11 @@ class AuditLog:
             if peer is not None:
                 query = query.where(_T.peer == peer)
             query = self._range(query, name, since, until)
+            if object_id is not None:  # few rows: fetched through the object index, sorted here
+                found = sorted((to_event(r) for r in self.query(query)), key=lambda e: e.seq,
+                               reverse=newest_first)  # fmt: skip
+                streams.append(iter(found))
+                continue
             order = _T.seq.desc() if newest_first else _T.seq
             streams.append(self._pages(query.order_by(order), newest_first, limit))
         if newest_first:
@@ -365,11 +370,13 @@ class AuditLog:
             size = min(size * 4, 50_000)
 
     def object_events(self, worker: str, object_id: int) -> list[Event]:
-        """Every event of ``worker`` about ``object_id``, in ``seq`` order (uses the index)."""
+        """Every event of ``worker`` about ``object_id``, in ``seq`` order.
+
+        Sorted here: with ``ORDER BY seq``, SQLite would walk the primary key (every event of
+        the worker) instead of the object index."""
         rows = self.query(sa.select(events_table)
-                          .where(_T.worker_id == worker, _T.object_id == object_id)
-                          .order_by(_T.seq))  # fmt: skip
-        return [to_event(row) for row in rows]
+                          .where(_T.worker_id == worker, _T.object_id == object_id))  # fmt: skip
+        return sorted((to_event(row) for row in rows), key=lambda e: e.seq)
 
     def follow(
         self,
