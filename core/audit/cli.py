@@ -266,8 +266,7 @@ def stats(db: str, worker: str | None, as_json: bool) -> None:
     lines = [f"events            {s.events}", f"first event       {first}",
              f"last event        {last}", f"events per minute {s.events_per_minute:.1f}",
              f"objects created   {s.objects_created}",
-             f"bytes created     {_bytes(s.bytes_created)} (distinct contents: "
-             f"{_bytes(s.bytes_unique)})"]  # fmt: skip
+             f"bytes created     {_bytes(s.bytes_created)}"]  # fmt: skip
     if s.bytes_stored is not None:
         lines.append(f"bytes stored      {_bytes(s.bytes_stored)} (payload store)")
     click.echo("\n".join(lines))

@@ -117,8 +117,7 @@ def _summary_section(s: Stats) -> str:
     last = format_ts(s.last_ts) if s.last_ts is not None else "-"
     rows = [("events", s.events), ("first event", first), ("last event", last),
             ("events per minute", f"{s.events_per_minute:.1f}"),
-            ("objects created", s.objects_created), ("bytes created", s.bytes_created),
-            ("bytes of distinct contents", s.bytes_unique)]  # fmt: skip
+            ("objects created", s.objects_created), ("bytes created", s.bytes_created)]
     if s.bytes_stored is not None:
         rows.append(("bytes stored", s.bytes_stored))
     cells = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
