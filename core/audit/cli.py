@@ -68,11 +68,19 @@ json_option = click.option("--json", "as_json", is_flag=True,
                            help="One JSON object per line, for scripts.")  # fmt: skip
 
 
-def _console() -> Any:
+def _print(renderable: Any) -> None:
+    """A rich table on standard output: colours on a terminal; plain, unwrapped (up to 200
+    columns) and without trailing blanks otherwise."""
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((140, 24))[0], 140)
-    return Console(width=width, highlight=False, soft_wrap=False)
+    if sys.stdout.isatty():
+        Console(highlight=False).print(renderable)
+        return
+    console = Console(width=max(shutil.get_terminal_size((200, 24))[0], 200), highlight=False,
+                      color_system=None)  # fmt: skip
+    with console.capture() as captured:
+        console.print(renderable)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 def _emit(record: Any) -> None:
@@ -98,7 +106,7 @@ def _table(events: Iterable[Any]) -> None:
         table.add_row(format_ts(e.ts), e.worker, str(e.seq), e.kind,
                       "" if e.object_id is None else str(e.object_id), e.peer or "",
                       _short(e.digest), event_summary(e))  # fmt: skip
-    _console().print(table)
+    _print(table)
 
 
 @click.group()
@@ -163,7 +171,7 @@ def show(db: str, seq: int, worker: str | None, as_json: bool) -> None:
         if isinstance(value, dict | list):
             value = json.dumps(value, separators=(", ", ": ")) if value != {} else ""
         table.add_row(key, "" if value is None else str(value))
-    _console().print(table)
+    _print(table)
 
 
 @audit.command()
@@ -221,7 +229,7 @@ def replay(db: str, at: Any, worker: str | None, directory: str | None, as_json:
                 payload = payload_text(s)  # type: ignore[arg-type]
                 table.add_row(name, str(s.object_id), payload, _short(s.digest), f"#{s.seq}",
                               s.origin or "")  # fmt: skip
-        _console().print(table)
+        _print(table)
         held = ", ".join(f"{name}: {len(objects)}" for name, objects in stores.items())
         click.echo(f"objects held: {held or 'none'}")
     for path in written:
