@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/transports.py
+	$(PY) benchmarks/eventstore.py
 	$(PY) benchmarks/audit.py
 
 clean:

@@ -43,11 +43,14 @@ def demo(serialize: bool) -> None:
 @click.option("--durability", type=click.Choice(["batched", "strict"]), default="batched",
               show_default=True)
 @click.option("--allow-code", is_flag=True, help="Run functions shipped by authenticated peers.")
+@click.option("--snapshot-every", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Snapshot the store every N events (recovery reads only what follows).")
 @click.option("--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True,
               help="Stop when standard input closes (a parent process went away).")
 def serve(address: str, worker_id: str, db: str | None, authkey_env: str, durability: str,
-          allow_code: bool, quiet: bool, stop_on_stdin_eof: bool) -> None:  # fmt: skip
+          allow_code: bool, snapshot_every: int, quiet: bool,
+          stop_on_stdin_eof: bool) -> None:  # fmt: skip
     """Serve a worker at ADDRESS (tcp://HOST:PORT, shm://NAME) until SIGINT or SIGTERM."""
     import logging
     import sys
@@ -63,7 +66,8 @@ def serve(address: str, worker_id: str, db: str | None, authkey_env: str, durabi
         raise click.UsageError(f"set the shared key in ${authkey_env} (or --authkey-env NAME)")
     try:
         served = serve_worker(address, id=worker_id, db=db, authkey=authkey,
-                              durability=durability, allow_code=allow_code)  # fmt: skip
+                              durability=durability, allow_code=allow_code,
+                              snapshot_every=snapshot_every)  # fmt: skip
     except BastionError as exc:
         raise click.ClickException(str(exc)) from exc
     stop = threading.Event()
