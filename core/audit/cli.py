@@ -27,7 +27,6 @@ import click
 from bastion.errors import BastionError
 
 F = TypeVar("F", bound=Callable[..., Any])
-KINDS = ("create", "get", "move", "delete", "clear", "denied")
 
 
 def _errors(command: F) -> F:

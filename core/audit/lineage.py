@@ -40,7 +40,7 @@ import sqlalchemy as sa
 
 from bastion.audit.reader import AuditLog, opened, to_event
 from bastion.errors import AuditError
-from bastion.events import Event
+from bastion.events import EVENT_KINDS, Event
 from bastion.stores.eventlog import events_table
 
 _T = events_table.c
@@ -151,17 +151,18 @@ class _Walker:
     # ------------------------------------------------------------------ instances
 
     def span(self, create: Event) -> tuple[list[Event], Event | None]:
-        """The events of an instance after its ``create``, and the event that ended it."""
+        """The events of an instance after its ``create``, and the event that ended it (then
+        only events of kinds this bastion does not know, until the id is created again)."""
         after, end = [], None
         for event in self.events(create.worker, create.object_id):
             if event.seq <= create.seq:
                 continue
             if event.kind == "create" and create.object_id not in event.inputs:
                 break  # a new instance under the same id: this one ended unrecorded (clear)
-            after.append(event)
-            if event.kind in _ENDS:
+            if end is None or event.kind not in EVENT_KINDS:
+                after.append(event)
+            if end is None and event.kind in _ENDS:
                 end = event
-                break
         if end is None:
             limit = after[-1].seq if after else create.seq
             end = self.clear_after(create.worker, create.object_id, limit)

@@ -218,6 +218,17 @@ def test_verify_names_a_deleted_event(incident, audit):
     assert json.loads(result.output)["seq"] == 4 and "missing" in result.output
 
 
+def test_verify_names_a_changed_payload(incident, audit):
+    with sqlite3.connect(incident.db) as conn:
+        (digest,) = conn.execute("select digest from bastion_events where worker_id = ? and "
+                                 "seq = 1", (incident.m1,)).fetchone()  # fmt: skip
+        changed = conn.execute("update bastion_payloads set data = ? where digest = ?",
+                               (torch.tensor([9.0, 9.0, 9.0]).numpy().tobytes(), digest))
+        assert changed.rowcount == 1
+    result = audit("verify", incident.db)
+    assert result.exit_code == 1 and f"event 1 of worker '{incident.m1}'" in result.output
+
+
 # ----------------------------------------------------------------------------------- stats
 
 
@@ -230,6 +241,7 @@ def test_stats_counts_by_kind_peer_and_worker(incident, audit):
     assert s["by_peer"][incident.m1] == 1 and s["by_peer"][incident.m2] == 1
     # x, y, z, z', w on M1 (float32[3]); z, s on M2 (float32[3], float32[])
     assert s["objects_created"] == 7 and s["bytes_created"] == 6 * 12 + 4
+    assert s["bytes_stored"] == 5 * 12 + 4  # z arrived on M2 with the content stored on M1
     assert s["first_ts"] <= s["last_ts"] and s["events_per_minute"] > 0
     text = audit("stats", incident.db)
     assert "by kind" in text.output and "events per minute" in text.output
@@ -285,6 +297,27 @@ def test_tail_follows_a_worker_while_it_writes(tmp_path, audit):
     records = _json_lines(result)
     assert [r["object_id"] for r in records] == sent and [r["seq"] for r in records] == [2, 3, 4,
                                                                                        5, 6]
+
+
+def test_unknown_event_kinds_are_shown_and_otherwise_left_alone(incident, audit):
+    """A kind this bastion does not know (a newer one) is listed, counted and drawn, and
+    changes nothing in a replay."""
+    with sqlite3.connect(incident.db) as conn:
+        conn.execute("insert into bastion_events select worker_id, seq + 1, ts + 0.001, "
+                     "'release', object_id, 'analyst', null, null, null, null, null, null, "
+                     "'{\"epsilon\":0.5}', hash, 'x' from bastion_events where worker_id = ? "
+                     "and seq = (select max(seq) from bastion_events where worker_id = ?)",
+                     (incident.m2, incident.m2))  # fmt: skip
+        conn.execute("update bastion_events set object_id = ? where kind = 'release'",
+                     (incident.s,))  # fmt: skip
+    (release,) = _json_lines(audit("events", incident.db, "-k", "release", "--json"))
+    assert release["detail"] == {"epsilon": 0.5} and release["object_id"] == incident.s
+    assert "release" in audit("events", incident.db).output
+    (s,) = _json_lines(audit("stats", incident.db, "--json"))
+    assert s["by_kind"]["release"] == 1
+    assert f"{incident.m2} #5 release by analyst" in audit("lineage", incident.db,
+                                                            incident.s).output
+    assert _json_lines(audit("replay", incident.db, "-w", incident.m2, "--json")) == []
 
 
 # ------------------------------------------------------------------------------- bad input
