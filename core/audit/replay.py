@@ -144,10 +144,12 @@ def export_store(
         save_file(tensors, stem + ".safetensors", metadata={"worker": name,
                                                             "seq": str(last or "")})
         point = at.isoformat() if isinstance(at, dt.datetime) else at
-        with open(stem + ".json", "w") as out:
-            json.dump({"worker": name, "at": point, "seq": last, "objects": manifest,
-                       "written": format_ts(dt.datetime.now(dt.timezone.utc).timestamp())},
-                      out, indent=1)  # fmt: skip
+        head = {"worker": name, "at": point, "seq": last,
+                "written": format_ts(dt.datetime.now(dt.timezone.utc).timestamp())}  # fmt: skip
+        with open(stem + ".json", "w") as out:  # one object a line: easy to read and to diff
+            out.write(json.dumps(head)[:-1] + ', "objects": [\n')
+            out.write(",\n".join("  " + json.dumps(entry) for entry in manifest))
+            out.write("\n]}\n")
         written += [stem + ".safetensors", stem + ".json"]
     return written
 
