@@ -393,3 +393,17 @@ def test_audit_reads_while_a_worker_appends(tmp_path, audit):
         worker.close()
     assert seen == sorted(seen) and seen[-1] > seen[0] > 0
     assert audit("verify", db).exit_code == 0
+
+
+def test_every_command_is_documented():
+    from pathlib import Path
+
+    from bastion.audit.cli import audit as group
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "audit.md").read_text()
+    for name, command in group.commands.items():
+        assert f"bastion audit {name}" in text, f"docs/audit.md does not show 'audit {name}'"
+        for option in command.params:
+            for flag in option.opts:
+                if flag.startswith("--") and flag not in ("--json",):
+                    assert flag in text, f"docs/audit.md does not mention {name} {flag}"
