@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any
@@ -98,16 +99,20 @@ def _stats(log: AuditLog, worker: str | None) -> Stats:
         count = log.query(sa.select(sa.func.count()).where(_T.worker_id == name))[0][0]
         result.by_worker[name] = count
         result.events += count
-    # One scan of the table for everything else. (A plain ``worker_id = ?`` would make SQLite
-    # walk the object index and fetch rows in random order: several times slower.)
+    # Two grouped scans of the table, side by side on two connections (SQLite sorts to group:
+    # two narrow sorts at once take half the time of one wide one). A plain ``worker_id = ?``
+    # would make SQLite walk the object index and fetch rows in random order: slower still.
     where = [] if worker is None else [sa.func.coalesce(_T.worker_id, "") == names[0]]
-    grouped = (sa.select(_T.kind, _T.peer, _T.dtype, _T.shape, sa.func.count())
-               .where(*where).group_by(_T.kind, _T.peer, _T.dtype, _T.shape))  # fmt: skip
-    for kind, peer, dtype, shape, count in log.query(grouped):
+    by_kind_peer = (sa.select(_T.kind, _T.peer, sa.func.count()).where(*where)
+                    .group_by(_T.kind, _T.peer))  # fmt: skip
+    payloads = (sa.select(_T.dtype, _T.shape, sa.func.count()).where(_T.kind == "create", *where)
+                .group_by(_T.dtype, _T.shape))  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:
+        counted, created = pool.map(log.query, (by_kind_peer, payloads))
+    for kind, peer, count in counted:
         _add(result.by_kind, kind, count)
         _add(result.by_peer, peer, count)
-        if kind != "create":
-            continue
+    for dtype, shape, count in created:
         result.objects_created += count
         try:
             dims = tuple(json.loads(shape)) if shape else None
