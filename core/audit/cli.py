@@ -370,11 +370,15 @@ def tail(db: str, worker: str | None, lines: int, follow: bool, interval: float,
               help="Another database with the logs of workers objects moved to (repeat).")
 @click.option("--max-objects", type=click.IntRange(min=1), default=200, show_default=True,
               help="Draw the lineage of at most this many objects.")
+@click.option("--max-events", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="List and mark at most this many events (a histogram over time past that).")
 @_errors
-def report(db: str, output: str, also: tuple[str, ...], max_objects: int) -> None:
+def report(db: str, output: str, also: tuple[str, ...], max_objects: int,
+           max_events: int) -> None:  # fmt: skip
     """One self-contained HTML file: summary, timeline, lineage graphs, verify result."""
     from bastion.audit.report import write_report
 
-    written = write_report(db, output, also=also, max_objects=max_objects)
+    written = write_report(db, output, also=also, max_objects=max_objects,
+                           max_events=max_events)  # fmt: skip
     click.echo(f"wrote {os.path.abspath(written.path)}: {written.objects} objects, "
                f"{written.events} events, log {'intact' if written.ok else 'NOT intact'}")

@@ -180,7 +180,10 @@ def _histogram(log: AuditLog) -> str:
             parts.append(f"<rect x=\"{i * bar + 10}\" y=\"{y:.1f}\" width=\"{bar - 2}\" "
                          f"height=\"{h:.1f}\" fill=\"{COLORS.get(kind, OTHER)}\"><title>"
                          f"{escape(label)}</title></rect>")  # fmt: skip
-    parts.append("</svg>")
+    end = format_ts(start + width * len(buckets))
+    parts.append(f"<text x=\"10\" y=\"{height + 20}\" class=\"tick\">{format_ts(start)}</text>"
+                 f"<text x=\"{bar * len(buckets) + 8}\" y=\"{height + 20}\" text-anchor=\"end\" "
+                 f"class=\"tick\">{end}</text></svg>")  # fmt: skip
     return "<div class=\"scroll\">" + "".join(parts) + "</div>"
 
 

@@ -158,6 +158,18 @@ def test_report_loads_without_errors_and_shows_the_objects(incident, audit, page
     assert page.errors == []
 
 
+def test_a_long_log_gets_a_histogram(incident, audit, page, tmp_path):
+    report = tmp_path / "report.html"
+    assert audit("report", incident.db, "-o", report, "--max-events", 5,
+                 "--max-objects", 2).exit_code == 0  # fmt: skip
+    page.open(report.as_uri())
+    assert page.errors == [] and page.requests == [report.as_uri()]
+    assert page.evaluate("document.querySelectorAll('#timeline rect').length") > 0
+    assert page.evaluate("document.querySelectorAll('table.events tbody tr').length") == 5
+    assert page.evaluate("document.querySelectorAll('section.object').length") == 2
+    assert "raise --max-objects" in page.evaluate("document.getElementById('objects').textContent")
+
+
 def test_a_tampered_log_cannot_inject_markup(incident, audit, page, tmp_path):
     with sqlite3.connect(incident.db) as conn:
         conn.execute("update bastion_events set peer = ? where seq = 1",
