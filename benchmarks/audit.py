@@ -76,8 +76,10 @@ def cached_log(events: int) -> str:
     build(path, events)
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         have = conn.execute("select count(*) from bastion_events").fetchone()[0]
-    print(f"log: {path} ({have} events, built in {time.perf_counter() - start:.1f} s; "
-          "kept for the next run)")
+    print(
+        f"log: {path} ({have} events, built in {time.perf_counter() - start:.1f} s; "
+        "kept for the next run)"
+    )
     return path
 
 
@@ -118,8 +120,10 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "import bastion.cli"], check=True)  # warm the cache
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import bastion.cli"], check=True)
-    print(f"importing bastion.cli in a fresh interpreter: {time.perf_counter() - start:.2f} s "
-          "(not counted below)")
+    print(
+        f"importing bastion.cli in a fresh interpreter: {time.perf_counter() - start:.2f} s "
+        "(not counted below)"
+    )
     repeat = args.repeat
     print(f"bastion audit on {total} events, medians of {repeat} (target: under 1 s each)")
     table = "select * from bastion_events where worker_id = ?"
@@ -159,8 +163,10 @@ def main() -> None:
                       min(repeat, 3))  # fmt: skip
     row("verify", seconds, "sqlite3: read all rows", baseline, unit="ms", width=38)
     rate = total / seconds
-    print(f"  {'':<38} {rate:,.0f} events/s (raw read {total / baseline:,.0f}/s); target "
-          f">= 200,000: {'met' if rate >= 200_000 else 'MISSED'}")
+    print(
+        f"  {'':<38} {rate:,.0f} events/s (raw read {total / baseline:,.0f}/s); target "
+        f">= 200,000: {'met' if rate >= 200_000 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -126,8 +126,9 @@ def audit() -> None:
 @click.option("--since", type=POINT, default=None, help="From this seq or time (inclusive).")
 @click.option("--until", type=POINT, default=None, help="Up to this seq or time (inclusive).")
 @click.option("--newest-first", "-r", is_flag=True, help="Newest event first.")
-@click.option("--limit", "-n", type=click.IntRange(min=0), default=None,
-              help="At most this many events.")
+@click.option(
+    "--limit", "-n", type=click.IntRange(min=0), default=None, help="At most this many events."
+)
 @json_option
 @_errors
 def events(db: str, worker: str | None, kinds: tuple[str, ...], object_id: int | None,
@@ -138,8 +139,16 @@ def events(db: str, worker: str | None, kinds: tuple[str, ...], object_id: int |
     from bastion.audit.reader import AuditLog
 
     with AuditLog(db) as log:
-        found = log.events(worker=worker, kind=kinds or None, object_id=object_id, peer=peer,
-                           since=since, until=until, newest_first=newest_first, limit=limit)
+        found = log.events(
+            worker=worker,
+            kind=kinds or None,
+            object_id=object_id,
+            peer=peer,
+            since=since,
+            until=until,
+            newest_first=newest_first,
+            limit=limit,
+        )
         if as_json:
             for event in found:
                 _emit(event_record(event))
@@ -177,10 +186,20 @@ def show(db: str, seq: int, worker: str | None, as_json: bool) -> None:
 @db_argument
 @click.argument("object_id", type=int)
 @worker_option
-@click.option("--with", "also", multiple=True, metavar="DB2",
-              help="Another database holding the logs of workers it moved to (repeat).")
-@click.option("--max-nodes", type=click.IntRange(min=10), default=2000, show_default=True,
-              help="Stop the tree at this many lines.")
+@click.option(
+    "--with",
+    "also",
+    multiple=True,
+    metavar="DB2",
+    help="Another database holding the logs of workers it moved to (repeat).",
+)
+@click.option(
+    "--max-nodes",
+    type=click.IntRange(min=10),
+    default=2000,
+    show_default=True,
+    help="Stop the tree at this many lines.",
+)
 @json_option
 @_errors
 def lineage(db: str, object_id: int, worker: str | None, also: tuple[str, ...], max_nodes: int,
@@ -199,11 +218,20 @@ def lineage(db: str, object_id: int, worker: str | None, also: tuple[str, ...], 
 
 @audit.command()
 @db_argument
-@click.option("--at", type=POINT, default=None,
-              help="A seq (of --worker) or a time; default: the end of the log.")
+@click.option(
+    "--at",
+    type=POINT,
+    default=None,
+    help="A seq (of --worker) or a time; default: the end of the log.",
+)
 @worker_option
-@click.option("--export", "directory", type=click.Path(file_okay=False), default=None,
-              help="Write the tensors to this folder (safetensors, one file per worker).")
+@click.option(
+    "--export",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write the tensors to this folder (safetensors, one file per worker).",
+)
 @json_option
 @_errors
 def replay(db: str, at: Any, worker: str | None, directory: str | None, as_json: bool) -> None:
@@ -295,10 +323,16 @@ def _bytes(count: int) -> str:
 
 @audit.command()
 @db_argument
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
-              show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write to this file (default: standard output).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file (default: standard output).",
+)
 @worker_option
 @click.option("--kind", "-k", "kinds", multiple=True, help="Only events of this kind (repeat).")
 @_errors
@@ -320,13 +354,28 @@ def export(db: str, fmt: str, output: str | None, worker: str | None,
 @audit.command()
 @db_argument
 @worker_option
-@click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Print this many of the latest events first.")
+@click.option(
+    "--lines",
+    "-n",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Print this many of the latest events first.",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they arrive.")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
-              help="Seconds between polls of the database.")
-@click.option("--duration", type=click.FloatRange(min=0), default=None,
-              help="With --follow: stop after this many seconds (default: until Ctrl-C).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Seconds between polls of the database.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --follow: stop after this many seconds (default: until Ctrl-C).",
+)
 @json_option
 @_errors
 def tail(db: str, worker: str | None, lines: int, follow: bool, interval: float,
@@ -364,14 +413,35 @@ def tail(db: str, worker: str | None, lines: int, follow: bool, interval: float,
 
 @audit.command()
 @db_argument
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default="report.html",
-              show_default=True, help="The HTML file to write.")
-@click.option("--with", "also", multiple=True, metavar="DB2",
-              help="Another database with the logs of workers objects moved to (repeat).")
-@click.option("--max-objects", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Draw the lineage of at most this many objects.")
-@click.option("--max-events", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="List and mark at most this many events (a histogram over time past that).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default="report.html",
+    show_default=True,
+    help="The HTML file to write.",
+)
+@click.option(
+    "--with",
+    "also",
+    multiple=True,
+    metavar="DB2",
+    help="Another database with the logs of workers objects moved to (repeat).",
+)
+@click.option(
+    "--max-objects",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Draw the lineage of at most this many objects.",
+)
+@click.option(
+    "--max-events",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="List and mark at most this many events (a histogram over time past that).",
+)
 @_errors
 def report(db: str, output: str, also: tuple[str, ...], max_objects: int,
            max_events: int) -> None:  # fmt: skip
@@ -380,5 +450,7 @@ def report(db: str, output: str, also: tuple[str, ...], max_objects: int,
 
     written = write_report(db, output, also=also, max_objects=max_objects,
                            max_events=max_events)  # fmt: skip
-    click.echo(f"wrote {os.path.abspath(written.path)}: {written.objects} objects, "
-               f"{written.events} events, log {'intact' if written.ok else 'NOT intact'}")
+    click.echo(
+        f"wrote {os.path.abspath(written.path)}: {written.objects} objects, "
+        f"{written.events} events, log {'intact' if written.ok else 'NOT intact'}"
+    )

@@ -37,8 +37,11 @@ def describe(url: str | os.PathLike[str] | AuditLog, seq: int,
         record = event_record(event)
         record["payload_from"] = "this event" if event.dtype is not None else None
         if event.dtype is None and event.object_id is not None:
-            creates = [e for e in log.object_events(event.worker, event.object_id)
-                       if e.kind == "create" and e.seq < event.seq]
+            creates = [
+                e
+                for e in log.object_events(event.worker, event.object_id)
+                if e.kind == "create" and e.seq < event.seq
+            ]
             if creates:
                 create = creates[-1]
                 record["dtype"] = create.dtype
@@ -50,8 +53,11 @@ def describe(url: str | os.PathLike[str] | AuditLog, seq: int,
             rows = log.query(sa.text("SELECT nbytes FROM bastion_payloads WHERE digest = :d")
                              .bindparams(d=record["digest"]))  # fmt: skip
             record["stored"] = f"{rows[0][0]} bytes" if rows else "no"
-        record["chain"] = ("its hash matches its fields" if expected_hash(event) == event.hash
-                           else "its hash does NOT match its fields: the row was changed")
+        record["chain"] = (
+            "its hash matches its fields"
+            if expected_hash(event) == event.hash
+            else "its hash does NOT match its fields: the row was changed"
+        )
         return record
 
 

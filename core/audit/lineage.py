@@ -144,8 +144,12 @@ class _Walker:
         return self._events[key]
 
     def creates(self, object_id: int) -> list[Event]:
-        found = [e for w in self.where for e in self.events(w, object_id)
-                 if e.kind == "create" and object_id not in e.inputs]  # not in-place versions
+        found = [
+            e
+            for w in self.where
+            for e in self.events(w, object_id)
+            if e.kind == "create" and object_id not in e.inputs
+        ]  # not in-place versions
         return sorted(found, key=lambda e: (e.ts, e.worker, e.seq))
 
     # ------------------------------------------------------------------ instances
@@ -183,7 +187,10 @@ class _Walker:
         contains = sa.or_(_T.inputs == f"[{text}]", _T.inputs.like(f"[{text},%"),
                           _T.inputs.like(f"%,{text},%"), _T.inputs.like(f"%,{text}]"))  # fmt: skip
         query = sa.select(events_table).where(
-            _T.worker_id == worker, _T.seq > lo, _T.kind == "create", contains,
+            _T.worker_id == worker,
+            _T.seq > lo,
+            _T.kind == "create",
+            contains,
             _T.object_id != object_id,
         )
         if hi is not None:
@@ -220,19 +227,37 @@ class _Walker:
             for oid in dict.fromkeys(create.inputs):
                 source = self.before(create.worker, oid, create.seq)
                 if source is None:
-                    node.children.append(self.node(
-                        f"{oid} on {create.worker}: no create before #{create.seq} in the log",
-                        "missing", create.worker, None, oid))
+                    node.children.append(
+                        self.node(
+                            f"{oid} on {create.worker}: no create before #{create.seq} in the log",
+                            "missing",
+                            create.worker,
+                            None,
+                            oid,
+                        )
+                    )
                 else:
                     label = "version" if oid == create.object_id else "input"
                     node.children.append(self.ancestry(source, label))
         elif create.origin == "move" and create.peer is not None:
-            move = self.counterpart(create.peer, create.object_id, "move", create.worker,
-                                    create.ts, lambda e: e.detail.get("new_id") == create.object_id)
+            move = self.counterpart(
+                create.peer,
+                create.object_id,
+                "move",
+                create.worker,
+                create.ts,
+                lambda e: e.detail.get("new_id") == create.object_id,
+            )
             if move is None:
-                node.children.append(self.node(
-                    f"{create.peer}'s log is not here: add it with --with DB", "missing",
-                    create.peer, None, create.object_id))
+                node.children.append(
+                    self.node(
+                        f"{create.peer}'s log is not here: add it with --with DB",
+                        "missing",
+                        create.peer,
+                        None,
+                        create.object_id,
+                    )
+                )
             else:
                 source = self.before(move.worker, move.object_id, move.seq)
                 if source is not None:
@@ -260,28 +285,42 @@ class _Walker:
         oid = create.object_id
         if event.kind == "create" and event.object_id != oid:
             if (event.worker, event.seq) in self.seen:
-                return self.node(f"{where} used by {event.op} -> {event.object_id} (shown above)",
-                                 "used", event.worker, event.seq, event.object_id)
+                return self.node(
+                    f"{where} used by {event.op} -> {event.object_id} (shown above)",
+                    "used",
+                    event.worker,
+                    event.seq,
+                    event.object_id,
+                )
             child = self.forward(event, "used")
             child.text = f"{where} used by {event.op} -> {event.object_id}"
             return child
         if event.kind == "create":
-            return self.node(f"{where} changed in place by {event.op}", "version",
-                             event.worker, event.seq, oid)
+            return self.node(
+                f"{where} changed in place by {event.op}", "version", event.worker, event.seq, oid
+            )
         if event.kind == "get":
-            return self.node(f"{where} fetched by {event.peer}", "fetched", event.worker,
-                             event.seq, oid)
+            return self.node(
+                f"{where} fetched by {event.peer}", "fetched", event.worker, event.seq, oid
+            )
         if event.kind == "delete":
-            return self.node(f"{where} deleted (pointer released by {event.peer})", "deleted",
-                             event.worker, event.seq, oid)
+            return self.node(
+                f"{where} deleted (pointer released by {event.peer})",
+                "deleted",
+                event.worker,
+                event.seq,
+                oid,
+            )
         if event.kind == "clear":
-            return self.node(f"{where} cleared by {event.peer}", "cleared", event.worker,
-                             event.seq, oid)
+            return self.node(
+                f"{where} cleared by {event.peer}", "cleared", event.worker, event.seq, oid
+            )
         if event.kind == "move":
             return self.moved(event)
         detail = f" {event.detail}" if event.detail else ""
-        return self.node(f"{where} {event.kind} by {event.peer}{detail}", "event",
-                         event.worker, event.seq, oid)
+        return self.node(
+            f"{where} {event.kind} by {event.peer}{detail}", "event", event.worker, event.seq, oid
+        )
 
     def moved(self, move: Event) -> LineageNode:
         by = move.detail.get("requested_by")
@@ -290,14 +329,25 @@ class _Walker:
                          move.seq, move.object_id)  # fmt: skip
         new_id = move.detail.get("new_id", move.object_id)
         if move.peer not in self.where:
-            node.children.append(self.node(f"{move.peer}'s log is not here: add it with --with DB",
-                                           "missing", move.peer, None, new_id))
+            node.children.append(
+                self.node(
+                    f"{move.peer}'s log is not here: add it with --with DB",
+                    "missing",
+                    move.peer,
+                    None,
+                    new_id,
+                )
+            )
             return node
-        arrival = self.counterpart(move.peer, new_id, "create", move.worker, move.ts,
-                                   lambda e: e.origin == "move")
+        arrival = self.counterpart(
+            move.peer, new_id, "create", move.worker, move.ts, lambda e: e.origin == "move"
+        )
         if arrival is None:
-            node.children.append(self.node(f"{move.peer} has no record of its arrival", "missing",
-                                           move.peer, None, new_id))
+            node.children.append(
+                self.node(
+                    f"{move.peer} has no record of its arrival", "missing", move.peer, None, new_id
+                )
+            )
         elif not self.full():
             node.children.append(self.forward(arrival, "arrived"))
         return node

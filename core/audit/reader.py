@@ -142,8 +142,10 @@ class AuditLog:
             try:
                 self.engine = sa.create_engine(self.url)
             except (SQLAlchemyError, ImportError, ValueError) as exc:
-                raise EventLogError(f"cannot open {self.name}: {exc}. Give a SQLite file path or "
-                                    "a SQLAlchemy URL whose driver is installed") from None
+                raise EventLogError(
+                    f"cannot open {self.name}: {exc}. Give a SQLite file path or "
+                    "a SQLAlchemy URL whose driver is installed"
+                ) from None
         try:
             self._check()
         except BaseException:

@@ -141,8 +141,7 @@ def export_store(
                 entry["type"], entry["repr"] = type(value).__name__, repr(value)
             manifest.append(entry)
         stem = os.path.join(os.fspath(directory), _safe(name))
-        save_file(tensors, stem + ".safetensors", metadata={"worker": name,
-                                                            "seq": str(last or "")})
+        save_file(tensors, stem + ".safetensors", metadata={"worker": name, "seq": str(last or "")})
         point = at.isoformat() if isinstance(at, dt.datetime) else at
         head = {"worker": name, "at": point, "seq": last,
                 "written": format_ts(dt.datetime.now(dt.timezone.utc).timestamp())}  # fmt: skip

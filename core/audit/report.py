@@ -86,23 +86,31 @@ def _render(log: AuditLog, others: Sequence[AuditLog], max_objects: int,
     events = list(log.events(limit=max_events))
     more_objects = summary.by_kind.get("create", 0) > len(roots) and len(roots) >= max_objects
     now = format_ts(dt.datetime.now(dt.timezone.utc).timestamp())
-    verdict = ("intact" if result.ok else "NOT intact")
+    verdict = "intact" if result.ok else "NOT intact"
     body = [
         f"<header><h1>Audit report: {escape(log.name)}</h1>"
-        f"<p>generated {now} &middot; log <span class=\"badge {'ok' if result.ok else 'bad'}\" "
-        f"id=\"verdict\">{verdict}</span></p></header>",
-        "<nav><a href=\"#summary\">Summary</a> <a href=\"#timeline\">Timeline</a> "
-        "<a href=\"#objects\">Objects</a> <a href=\"#events\">Events</a> "
-        "<a href=\"#verify\">Verify</a></nav>",
+        f'<p>generated {now} &middot; log <span class="badge {"ok" if result.ok else "bad"}" '
+        f'id="verdict">{verdict}</span></p></header>',
+        '<nav><a href="#summary">Summary</a> <a href="#timeline">Timeline</a> '
+        '<a href="#objects">Objects</a> <a href="#events">Events</a> '
+        '<a href="#verify">Verify</a></nav>',
         _summary_section(summary),
         _timeline_section(log, events, summary, max_events),
-        "<section id=\"objects\"><h2>Objects and their lineage</h2>"
-        "<p><label>Filter <input id=\"filter\" type=\"search\" placeholder=\"object id, worker, "
-        "op...\"></label> <span id=\"shown\"></span> of " + str(len(sections)) + " shown"
-        + (f" (the first {len(roots)} objects; raise --max-objects for more)"
-           if more_objects else "") + "</p>" + "".join(sections) + "</section>",
+        '<section id="objects"><h2>Objects and their lineage</h2>'
+        '<p><label>Filter <input id="filter" type="search" placeholder="object id, worker, '
+        'op..."></label> <span id="shown"></span> of '
+        + str(len(sections))
+        + " shown"
+        + (
+            f" (the first {len(roots)} objects; raise --max-objects for more)"
+            if more_objects
+            else ""
+        )
+        + "</p>"
+        + "".join(sections)
+        + "</section>",
         _events_section(events, summary.events),
-        f"<section id=\"verify\"><h2>Verify</h2><p class=\"{'ok' if result.ok else 'bad'}\">"
+        f'<section id="verify"><h2>Verify</h2><p class="{"ok" if result.ok else "bad"}">'
         f"{escape(str(result))}</p></section>",
     ]
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -115,18 +123,26 @@ def _render(log: AuditLog, others: Sequence[AuditLog], max_objects: int,
 def _summary_section(s: Stats) -> str:
     first = format_ts(s.first_ts) if s.first_ts is not None else "-"
     last = format_ts(s.last_ts) if s.last_ts is not None else "-"
-    rows = [("events", s.events), ("first event", first), ("last event", last),
-            ("events per minute", f"{s.events_per_minute:.1f}"),
-            ("objects created", s.objects_created), ("bytes created", s.bytes_created)]
+    rows = [
+        ("events", s.events),
+        ("first event", first),
+        ("last event", last),
+        ("events per minute", f"{s.events_per_minute:.1f}"),
+        ("objects created", s.objects_created),
+        ("bytes created", s.bytes_created),
+    ]
     if s.bytes_stored is not None:
         rows.append(("bytes stored", s.bytes_stored))
     cells = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
     counts = "".join(
-        f"<table class=\"counts\"><caption>{title}</caption>"
+        f'<table class="counts"><caption>{title}</caption>'
         + "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in table.items())
         + "</table>"
-        for title, table in (("by kind", s.by_kind), ("by peer", s.by_peer),
-                             ("by worker", s.by_worker))  # fmt: skip
+        for title, table in (
+            ("by kind", s.by_kind),
+            ("by peer", s.by_peer),
+            ("by worker", s.by_worker),
+        )  # fmt: skip
     )
     return (f"<section id=\"summary\"><h2>Summary</h2><table class=\"kv\">{cells}</table>"
             f"<div class=\"row\">{counts}</div></section>")  # fmt: skip
@@ -136,15 +152,19 @@ def _timeline_section(log: AuditLog, events: list[Event], s: Stats, max_events: 
     legend = "".join(f"<span><i style=\"background:{c}\"></i>{k}</span>"
                      for k, c in COLORS.items())  # fmt: skip
     if not events or s.first_ts is None or s.last_ts is None:
-        return "<section id=\"timeline\"><h2>Timeline</h2><p>No events.</p></section>"
+        return '<section id="timeline"><h2>Timeline</h2><p>No events.</p></section>'
     if s.events > max_events:
-        return (f"<section id=\"timeline\"><h2>Timeline</h2><p>{s.events} events, per slice of "
-                f"time:</p>{_histogram(log)}<p class=\"legend\">{legend}</p></section>")
+        return (
+            f'<section id="timeline"><h2>Timeline</h2><p>{s.events} events, per slice of '
+            f'time:</p>{_histogram(log)}<p class="legend">{legend}</p></section>'
+        )
     workers = sorted({e.worker for e in events})
     lane, left, width = 30, 110, 900
     span = max(s.last_ts - s.first_ts, 1e-9)
-    parts = [f"<svg id=\"timeline-svg\" xmlns=\"http://www.w3.org/2000/svg\" "
-             f"width=\"{left + width + 20}\" height=\"{lane * len(workers) + 30}\">"]
+    parts = [
+        f'<svg id="timeline-svg" xmlns="http://www.w3.org/2000/svg" '
+        f'width="{left + width + 20}" height="{lane * len(workers) + 30}">'
+    ]
     for i, worker in enumerate(workers):
         y = lane * i + 15
         parts.append(f"<text x=\"4\" y=\"{y + 4}\" class=\"lane\">{escape(worker)}</text>"
@@ -153,9 +173,11 @@ def _timeline_section(log: AuditLog, events: list[Event], s: Stats, max_events: 
     for e in events:
         x = left + width * (e.ts - s.first_ts) / span
         y = lane * workers.index(e.worker) + 15
-        oid = "" if e.object_id is None else f" data-object=\"{e.object_id}\""
-        parts.append(f"<circle cx=\"{x:.1f}\" cy=\"{y}\" r=\"5\" fill=\"{COLORS.get(e.kind, OTHER)}"
-                     f"\" class=\"mark\"{oid}><title>{escape(event_line(e))}</title></circle>")
+        oid = "" if e.object_id is None else f' data-object="{e.object_id}"'
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y}" r="5" fill="{COLORS.get(e.kind, OTHER)}'
+            f'" class="mark"{oid}><title>{escape(event_line(e))}</title></circle>'
+        )
     bottom = lane * len(workers) + 25
     parts.append(f"<text x=\"{left}\" y=\"{bottom}\" class=\"tick\">{format_ts(s.first_ts)}"
                  f"</text><text x=\"{left + width}\" y=\"{bottom}\" text-anchor=\"end\" "
@@ -169,8 +191,10 @@ def _histogram(log: AuditLog) -> str:
     start, width, buckets = timeline(log, 60)
     peak = max((sum(b.values()) for b in buckets), default=1) or 1
     bar, height = 15, 160
-    parts = [f"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{bar * len(buckets) + 20}\" "
-             f"height=\"{height + 30}\">"]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{bar * len(buckets) + 20}" '
+        f'height="{height + 30}">'
+    ]
     for i, bucket in enumerate(buckets):
         y = height
         for kind, count in sorted(bucket.items()):
@@ -184,7 +208,7 @@ def _histogram(log: AuditLog) -> str:
     parts.append(f"<text x=\"10\" y=\"{height + 20}\" class=\"tick\">{format_ts(start)}</text>"
                  f"<text x=\"{bar * len(buckets) + 8}\" y=\"{height + 20}\" text-anchor=\"end\" "
                  f"class=\"tick\">{end}</text></svg>")  # fmt: skip
-    return "<div class=\"scroll\">" + "".join(parts) + "</div>"
+    return '<div class="scroll">' + "".join(parts) + "</div>"
 
 
 def _lineage_section(log: AuditLog, others: Sequence[AuditLog], root: Event) -> str:
@@ -223,17 +247,20 @@ def _graph(root: LineageNode) -> str:
     xs = [5.0]
     for w in widths:
         xs.append(xs[-1] + w + gap)
-    parts = [f"<svg class=\"graph\" xmlns=\"http://www.w3.org/2000/svg\" "
-             f"width=\"{xs[-1]:.0f}\" height=\"{next_row[0] * row + 10}\">"]
+    parts = [
+        f'<svg class="graph" xmlns="http://www.w3.org/2000/svg" '
+        f'width="{xs[-1]:.0f}" height="{next_row[0] * row + 10}">'
+    ]
     for d1, y1, d2, y2 in edges:
         x1, x2, ya, yb = xs[d1] + widths[d1], xs[d2], y1 + 5 + box_h / 2, y2 + 5 + box_h / 2
         mid = (x1 + x2) / 2
-        parts.append(f"<path d=\"M{x1:.1f},{ya} C{mid:.1f},{ya} {mid:.1f},{yb} {x2:.1f},{yb}\" "
-                     f"class=\"edge\"/>")
+        parts.append(
+            f'<path d="M{x1:.1f},{ya} C{mid:.1f},{ya} {mid:.1f},{yb} {x2:.1f},{yb}" class="edge"/>'
+        )
     for node, d, y in placed:
         fill = RELATION_COLORS.get(node.relation, "#dcebf7")
         label = node.text if len(node.text) <= LABEL else node.text[: LABEL - 1] + "\u2026"
-        oid = "" if node.object_id is None else f" data-object=\"{node.object_id}\""
+        oid = "" if node.object_id is None else f' data-object="{node.object_id}"'
         parts.append(f"<g class=\"node\"{oid}><rect x=\"{xs[d]:.1f}\" y=\"{y + 5}\" "
                      f"width=\"{widths[d]:.1f}\" height=\"{box_h}\" rx=\"4\" fill=\"{fill}\"/>"
                      f"<text x=\"{xs[d] + 6:.1f}\" y=\"{y + 19}\">{escape(label)}</text>"
@@ -245,15 +272,17 @@ def _graph(root: LineageNode) -> str:
 def _events_section(events: list[Event], total: int) -> str:
     rows = "".join(
         f"<tr><td>{format_ts(e.ts)}</td><td>{escape(e.worker)}</td><td>{e.seq}</td>"
-        f"<td><i style=\"background:{COLORS.get(e.kind, OTHER)}\"></i>{escape(e.kind)}</td>"
+        f'<td><i style="background:{COLORS.get(e.kind, OTHER)}"></i>{escape(e.kind)}</td>'
         f"<td>{'' if e.object_id is None else e.object_id}</td><td>{escape(e.peer or '')}</td>"
         f"<td>{escape(event_summary(e))}</td></tr>"
         for e in events
     )
     note = f" (the first {len(events)} of {total})" if total > len(events) else ""
-    return (f"<section id=\"events\"><h2>Events{note}</h2><table class=\"events\"><thead><tr>"
-            f"<th>time (UTC)</th><th>worker</th><th>seq</th><th>kind</th><th>object</th>"
-            f"<th>peer</th><th>what</th></tr></thead><tbody>{rows}</tbody></table></section>")
+    return (
+        f'<section id="events"><h2>Events{note}</h2><table class="events"><thead><tr>'
+        f"<th>time (UTC)</th><th>worker</th><th>seq</th><th>kind</th><th>object</th>"
+        f"<th>peer</th><th>what</th></tr></thead><tbody>{rows}</tbody></table></section>"
+    )
 
 
 CSS = """

@@ -47,8 +47,11 @@ def test_events_lists_every_event_of_both_workers_in_time_order(incident, audit)
 
 def test_events_filters(incident, audit):
     (move,) = _json_lines(audit("events", incident.db, "--kind", "move", "--json"))
-    assert (move["worker"], move["object_id"], move["peer"]) == (incident.m1, incident.z,
-                                                                 incident.m2)
+    assert (move["worker"], move["object_id"], move["peer"]) == (
+        incident.m1,
+        incident.z,
+        incident.m2,
+    )
     about_z = _json_lines(audit("events", incident.db, "--object", incident.z, "--json"))
     assert [(r["worker"], r["kind"]) for r in about_z] == [
         (incident.m1, "create"), (incident.m1, "create"), (incident.m2, "create"),
@@ -222,8 +225,10 @@ def test_verify_names_a_changed_payload(incident, audit):
     with sqlite3.connect(incident.db) as conn:
         (digest,) = conn.execute("select digest from bastion_events where worker_id = ? and "
                                  "seq = 1", (incident.m1,)).fetchone()  # fmt: skip
-        changed = conn.execute("update bastion_payloads set data = ? where digest = ?",
-                               (torch.tensor([9.0, 9.0, 9.0]).numpy().tobytes(), digest))
+        changed = conn.execute(
+            "update bastion_payloads set data = ? where digest = ?",
+            (torch.tensor([9.0, 9.0, 9.0]).numpy().tobytes(), digest),
+        )
         assert changed.rowcount == 1
     result = audit("verify", incident.db)
     assert result.exit_code == 1 and f"event 1 of worker '{incident.m1}'" in result.output
@@ -295,8 +300,13 @@ def test_tail_follows_a_worker_while_it_writes(tmp_path, audit):
         writer.join()
         worker.close()
     records = _json_lines(result)
-    assert [r["object_id"] for r in records] == sent and [r["seq"] for r in records] == [2, 3, 4,
-                                                                                       5, 6]
+    assert [r["object_id"] for r in records] == sent and [r["seq"] for r in records] == [
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
 
 
 def test_unknown_event_kinds_are_shown_and_otherwise_left_alone(incident, audit):
@@ -315,8 +325,9 @@ def test_unknown_event_kinds_are_shown_and_otherwise_left_alone(incident, audit)
     assert "release" in audit("events", incident.db).output
     (s,) = _json_lines(audit("stats", incident.db, "--json"))
     assert s["by_kind"]["release"] == 1
-    assert f"{incident.m2} #5 release by analyst" in audit("lineage", incident.db,
-                                                            incident.s).output
+    assert (
+        f"{incident.m2} #5 release by analyst" in audit("lineage", incident.db, incident.s).output
+    )
     assert _json_lines(audit("replay", incident.db, "-w", incident.m2, "--json")) == []
 
 
@@ -325,8 +336,17 @@ def test_unknown_event_kinds_are_shown_and_otherwise_left_alone(incident, audit)
 
 def test_bad_databases_are_one_line_errors(tmp_path, incident, audit, one_line_error):
     missing = tmp_path / "missing.db"
-    for command in (["events"], ["stats"], ["verify"], ["lineage", "1"], ["replay"],
-                    ["show", "1"], ["export"], ["tail"], ["report", "-o", tmp_path / "r.html"]):
+    for command in (
+        ["events"],
+        ["stats"],
+        ["verify"],
+        ["lineage", "1"],
+        ["replay"],
+        ["show", "1"],
+        ["export"],
+        ["tail"],
+        ["report", "-o", tmp_path / "r.html"],
+    ):
         one_line_error(audit(command[0], missing, *command[1:]), "no event log", "missing.db")
     assert not missing.exists() and not (tmp_path / "r.html").exists()
     garbage = tmp_path / "garbage.db"

@@ -50,8 +50,7 @@ def test_audit_commands_on_postgres(pg_url, audit, tmp_path):
     assert stats["by_kind"] == {"create": 1, "get": 1} and stats["bytes_created"] == 16
     assert audit("verify", pg_url, "-w", a.id).exit_code == 0
     held = audit("replay", pg_url, "-w", a.id, "--at", 2, "--json").output.splitlines()
-    assert {json.loads(line)["object_id"] for line in held} == {x.id_at_location,
-                                                                 y.id_at_location}
+    assert {json.loads(line)["object_id"] for line in held} == {x.id_at_location, y.id_at_location}
     exported = audit("replay", pg_url, "-w", a.id, "--at", 2, "--export", tmp_path / "out")
     assert exported.exit_code == 0, exported.output
     from safetensors.torch import load_file

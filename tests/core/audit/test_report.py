@@ -73,11 +73,14 @@ class Page:
     def _event(self, message: dict) -> None:
         method, params = message.get("method"), message.get("params", {})
         if method == "Runtime.exceptionThrown":
-            self.errors.append(params["exceptionDetails"].get("exception", {})
-                               .get("description") or params["exceptionDetails"]["text"])
+            self.errors.append(
+                params["exceptionDetails"].get("exception", {}).get("description")
+                or params["exceptionDetails"]["text"]
+            )
         elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
-            self.errors.append(" ".join(str(a.get("value", a.get("description")))
-                                        for a in params["args"]))
+            self.errors.append(
+                " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+            )
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             self.errors.append(params["entry"]["text"])
         elif method == "Network.requestWillBeSent":
@@ -172,8 +175,10 @@ def test_a_long_log_gets_a_histogram(incident, audit, page, tmp_path):
 
 def test_a_tampered_log_cannot_inject_markup(incident, audit, page, tmp_path):
     with sqlite3.connect(incident.db) as conn:
-        conn.execute("update bastion_events set peer = ? where seq = 1",
-                     ("<script>window.injected = 1</script><img src=x onerror=alert(1)>",))
+        conn.execute(
+            "update bastion_events set peer = ? where seq = 1",
+            ("<script>window.injected = 1</script><img src=x onerror=alert(1)>",),
+        )
     report = tmp_path / "report.html"
     assert audit("report", incident.db, "-o", report).exit_code == 0
     page.open(report.as_uri())
