@@ -141,6 +141,8 @@ class AuditLog:
         else:
             try:
                 self.engine = sa.create_engine(self.url)
+                if self.engine.dialect.name == "postgresql":  # the server refuses writes too
+                    sa.event.listen(self.engine, "connect", _read_only_session)
             except (SQLAlchemyError, ImportError, ValueError) as exc:
                 raise EventLogError(
                     f"cannot open {self.name}: {exc}. Give a SQLite file path or "
@@ -415,6 +417,13 @@ class AuditLog:
             bounds = self.bounds(worker)
             result[worker] = bounds[1].seq if bounds else 0
         return result
+
+
+def _read_only_session(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    cursor.close()
+    dbapi_conn.commit()
 
 
 def _names(workers: Sequence[str]) -> str:

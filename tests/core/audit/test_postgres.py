@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import torch
 
 import bastion as sy
+from bastion.audit import AuditLog
 
 URL = os.environ.get(
     "BASTION_TEST_POSTGRES_URL", "postgresql+psycopg://bastion:bastion@127.0.0.1:5432/bastion_test"
@@ -59,3 +60,8 @@ def test_audit_commands_on_postgres(pg_url, audit, tmp_path):
     assert torch.equal(tensors[str(y.id_at_location)], torch.arange(4.0) * 2)
     shown = json.loads(audit("show", pg_url, 3, "-w", a.id, "--json").output)
     assert shown["kind"] == "move" and shown["size"] == 16
+    with AuditLog(pg_url) as log:  # the session itself is read-only on the server
+        with pytest.raises(sa.exc.DBAPIError, match="read-only transaction"):
+            with log.engine.begin() as conn:
+                conn.execute(sa.text("delete from bastion_events where worker_id = :w"),
+                             {"w": a.id})  # fmt: skip
