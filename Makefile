@@ -29,6 +29,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/transports.py
+	$(PY) benchmarks/eventstore.py
+	$(PY) benchmarks/audit.py
 	$(PY) benchmarks/federated.py
 
 clean:

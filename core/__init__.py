@@ -12,6 +12,7 @@ tensor([0, 2])
 from __future__ import annotations
 
 from bastion.errors import (
+    AuditError,
     BastionError,
     ConfigurationError,
     ConnectionLost,
@@ -38,6 +39,7 @@ from bastion.worker import BaseWorker, LocalWorker, VirtualWorker, Worker, local
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditError",
     "BaseDataset",
     "BaseWorker",
     "BastionError",

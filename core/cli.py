@@ -16,6 +16,7 @@ import signal
 import click
 
 from bastion import __version__
+from bastion.audit.cli import audit
 
 
 @click.group()
@@ -69,11 +70,14 @@ def federated(rounds: int, n_workers: int, transport: str, style: str, split: st
 @click.option("--durability", type=click.Choice(["batched", "strict"]), default="batched",
               show_default=True)
 @click.option("--allow-code", is_flag=True, help="Run functions shipped by authenticated peers.")
+@click.option("--snapshot-every", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Snapshot the store every N events (recovery reads only what follows).")
 @click.option("--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True,
               help="Stop when standard input closes (a parent process went away).")
 def serve(address: str, worker_id: str, db: str | None, authkey_env: str, durability: str,
-          allow_code: bool, quiet: bool, stop_on_stdin_eof: bool) -> None:  # fmt: skip
+          allow_code: bool, snapshot_every: int, quiet: bool,
+          stop_on_stdin_eof: bool) -> None:  # fmt: skip
     """Serve a worker at ADDRESS (tcp://HOST:PORT, shm://NAME) until SIGINT or SIGTERM."""
     import logging
     import sys
@@ -89,7 +93,8 @@ def serve(address: str, worker_id: str, db: str | None, authkey_env: str, durabi
         raise click.UsageError(f"set the shared key in ${authkey_env} (or --authkey-env NAME)")
     try:
         served = serve_worker(address, id=worker_id, db=db, authkey=authkey,
-                              durability=durability, allow_code=allow_code)  # fmt: skip
+                              durability=durability, allow_code=allow_code,
+                              snapshot_every=snapshot_every)  # fmt: skip
     except BastionError as exc:
         raise click.ClickException(str(exc)) from exc
     stop = threading.Event()
@@ -123,6 +128,9 @@ def plugins(as_json: bool) -> None:
     for problem in registry.problems():
         if "failed to load" not in problem:
             click.echo(f"problem: {problem}", err=True)
+
+
+cli.add_command(audit)
 
 
 def main() -> None:

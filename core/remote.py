@@ -12,6 +12,7 @@ tensor([3., 3.])
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import select
@@ -32,11 +33,40 @@ class RemoteWorker(BaseWorker):
     ``_objects`` is a remote listing: ``{id: TensorSpec | ObjectSpec}`` (the data stays there).
     """
 
-    def __init__(self, connection: Any, *, garbage_collect: bool = True) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        garbage_collect: bool = True,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(
             connection.worker_id, connection.address, connection, garbage_collect=garbage_collect
         )
         self.closed = False
+        self._options = dict(options or {})
+
+    def reconnect(self, address: str | None = None, **options: Any) -> RemoteWorker:
+        """Connect again (to ``address``, default the same one), e.g. after the worker
+        restarted on its log: the pointers held through this worker work again.
+
+        The worker answering must have the same id, or ``ConfigurationError`` is raised and
+        the old connection stays closed.
+        """
+        with contextlib.suppress(Exception):
+            self._connection.close()
+        address = address or self.address
+        options = {**self._options, **options}
+        connection = plugins.connect(address, peer=local_worker.id, **options)
+        if connection.worker_id != self.id:
+            connection.close()
+            raise ConfigurationError(
+                f"{address} serves worker {connection.worker_id!r}, not {self.id!r}: the "
+                "pointers held through this worker would point at the wrong objects"
+            )
+        self._connection, self.address, self._options = connection, address, options
+        self.closed = False
+        return self
 
     def close(self) -> None:
         """Send pending deletes and close the connection; the worker keeps running."""
@@ -66,7 +96,7 @@ def connect(address: str, *, authkey: bytes | str | None = None, **options: Any)
     if authkey is not None:
         options["authkey"] = authkey
     connection = plugins.connect(address, peer=local_worker.id, **options)
-    return RemoteWorker(connection)
+    return RemoteWorker(connection, options=options)
 
 
 class WorkerServer:
@@ -110,9 +140,13 @@ def serve(
     authkey: bytes | str | None = None,
     durability: str = "batched",
     allow_code: bool = False,
+    snapshot_every: int | None = 10_000,
     **options: Any,
 ) -> WorkerServer:
-    """Serve a new worker ``id`` at ``address``; it logs to ``db`` (default: in memory).
+    """Serve a worker ``id`` at ``address``; it logs to ``db`` (default: in memory).
+
+    On a ``db`` that already holds this worker's log, the worker comes back with the objects
+    it held (see :class:`bastion.Worker`).
 
     The ``authkey`` (default: ``$BASTION_AUTHKEY``) also authenticates this worker when it
     moves objects to other workers.
@@ -125,7 +159,7 @@ def serve(
         options["authkey"] = authkey
         connect_options["authkey"] = authkey
     worker = Worker(id, db=db, durability=durability, allow_code=allow_code,
-                    connect_options=connect_options)  # fmt: skip
+                    connect_options=connect_options, snapshot_every=snapshot_every)  # fmt: skip
     try:
         server = plugins.serve(worker, address, **options)
     except BaseException:
@@ -212,4 +246,6 @@ def spawn(
         process.kill()
         process.wait()
         raise
-    return SpawnedWorker(connection, process)
+    worker = SpawnedWorker(connection, process)
+    worker._options = {"authkey": authkey}
+    return worker

@@ -17,6 +17,7 @@ tensor([2, 4])
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -58,7 +59,9 @@ from bastion.messages import (
     TensorSpec,
 )
 from bastion.stores import EventLog
+from bastion.stores.eventlog import _canonical
 from bastion.stores.objects import ObjectStore
+from bastion.stores.replay import ReplayedStore
 
 log = get_logger("bastion.worker")
 
@@ -70,6 +73,8 @@ def _spec(obj_id: int, value: Any) -> TensorSpec | ObjectSpec:
 
 
 _FLAT = frozenset({int, float, bool, str, type(None)})
+#: the ``detail`` of a ``create`` event by where its payload went
+_PAYLOAD_DETAIL = {None: None, "db": '{"payload":"db"}', "file": '{"payload":"file"}'}
 
 
 def _notify_plugins(build: Any) -> None:
@@ -125,7 +130,11 @@ class Worker:
     """A worker's data side: its objects, its event log, and the handler of every request.
 
     ``db`` is where events go: ``None`` (an in-memory SQLite database), a file path or any
-    SQLAlchemy URL. Code (``CallFunction``) runs only when ``allow_code`` is true.
+    SQLAlchemy URL. A worker started on a log that already holds its events comes back with
+    the objects it held (``recovered`` says how). Created objects' payloads are stored with
+    the log (``payloads``; default: unless it is in memory), large ones as files in
+    ``blob_dir``; a snapshot every ``snapshot_every`` events keeps recovery short. Code
+    (``CallFunction``) runs only when ``allow_code`` is true.
     """
 
     def __init__(
@@ -136,10 +145,28 @@ class Worker:
         durability: str = "batched",
         allow_code: bool = False,
         connect_options: dict[str, Any] | None = None,
+        payloads: bool | None = None,
+        blob_dir: str | None = None,
+        snapshot_every: int | None = 10_000,
     ) -> None:
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ConfigurationError(
+                f"snapshot_every takes a positive number of events or None, not {snapshot_every}"
+            )
         self.id = id
         self.store = ObjectStore(id)
-        self.log = EventLog(db, id, durability=durability, observer=_notify_plugins)
+        self.log = EventLog(db, id, durability=durability, observer=_notify_plugins,
+                            payloads=payloads, blob_dir=blob_dir)  # fmt: skip
+        self.snapshot_every = snapshot_every
+        #: how this worker came back from its log (``None`` for a new log)
+        self.recovered: ReplayedStore | None = None
+        if self.log.last_seq:
+            try:
+                self._recover()
+            except BaseException:
+                self.log.close()
+                raise
+        self._next_snapshot = self._snapshot_due()
         self.allow_code = allow_code
         #: options for the connections this worker opens itself (moves): authkey, ssl_context...
         self.connect_options = dict(connect_options or {})
@@ -172,9 +199,43 @@ class Worker:
                     "message"
                 )
             with self._lock:
-                return Reply(handler(message, peer))
+                reply = Reply(handler(message, peer))
+                if self.log._next_seq > self._next_snapshot:
+                    self.snapshot()
+                return reply
         except Exception as exc:  # the reply carries it; the worker keeps serving
             return Reply(error=ErrorInfo(type(exc).__name__, str(exc)), cause=exc)
+
+    def _recover(self) -> None:
+        state = self.log.replay()
+        for obj_id, value in state.items():
+            self.store.objects[obj_id] = value
+            self.store.digests[obj_id] = state.digests[obj_id]
+            if obj_id in state.details:
+                self.store.details[obj_id] = _canonical(state.details[obj_id])
+        self.recovered = state
+        if state.missing:
+            log.warning("worker.recovered_without_payloads", worker=self.id,
+                        missing=len(state.missing))  # fmt: skip
+        log.info("worker.recovered", worker=self.id, objects=len(state), seq=state.seq,
+                 snapshot=state.snapshot_seq, events_read=state.events_read)  # fmt: skip
+
+    def _snapshot_due(self) -> float:
+        if self.snapshot_every is None:
+            return float("inf")
+        return self.log._next_seq + self.snapshot_every - 1
+
+    def snapshot(self) -> int:
+        """Record the store as it stands (ids, digests, details) so that replay and recovery
+        read only the events after it; returns its ``seq``. Taken every ``snapshot_every``
+        events by itself."""
+        with self._lock:
+            details = self.store.details
+            seq = self.log.snapshot(
+                [(oid, digest, details.get(oid)) for oid, digest in self.store.digests.items()]
+            )
+            self._next_snapshot = self._snapshot_due()
+            return seq
 
     def close(self) -> None:
         """Flush and close the event log and any connections this worker opened."""
@@ -195,19 +256,29 @@ class Worker:
         self, obj_id: int, value: Any, peer: str, origin: str, op: str | None = None,
         inputs: tuple[int, ...] = (), detail: dict[str, Any] | None = None,
     ) -> TensorSpec | ObjectSpec:
-        """Log the ``create`` of ``value`` under ``obj_id``; returns what the client learns."""
+        """Log the ``create`` of ``value`` under ``obj_id`` (and keep its payload); returns
+        what the client learns. ``detail`` (plain JSON data) stays with the object: it is
+        in its ``create`` event, in snapshots, and back after replay or recovery."""
         digest = payload_digest(value)
-        self.store.digests[obj_id] = digest
-        tensor = isinstance(value, torch.Tensor)
-        kind = dtype_name(value.dtype) if tensor else type(value).__name__
-        shape = tuple(value.shape) if tensor else None
-        if detail is None:
-            self.log.record("create", obj_id, peer, origin, op, inputs, kind, shape, digest, None)
-        else:  # rare (tags): the checked path, which encodes the detail
-            self.log.append("create", object_id=obj_id, peer=peer, origin=origin, op=op,
-                            inputs=inputs, dtype=kind, shape=shape, digest=digest, detail=detail)
-        if tensor:
+        store = self.store
+        store.digests[obj_id] = digest
+        where = self.log.store_payload(digest, value)
+        if detail:
+            store.details[obj_id] = _canonical(detail)
+            detail_json = _canonical({**detail, "payload": where} if where else detail)
+        elif obj_id in store.details:  # an in-place change keeps the object's detail
+            kept = json.loads(store.details[obj_id])
+            detail_json = _canonical({**kept, "payload": where} if where else kept)
+        else:
+            detail_json = _PAYLOAD_DETAIL[where]
+        if isinstance(value, torch.Tensor):
+            shape = tuple(value.shape)
+            self.log.record("create", obj_id, peer, origin, op, inputs, dtype_name(value.dtype),
+                            shape, digest, detail_json)  # fmt: skip
             return TensorSpec(obj_id, shape, value.dtype, value.requires_grad)
+        kind = type(value).__name__
+        self.log.record("create", obj_id, peer, origin, op, inputs, kind, None, digest,
+                        detail_json)  # fmt: skip
         return ObjectSpec(obj_id, kind)
 
     def _digest(self, obj_id: int, value: Any) -> str:
@@ -302,8 +373,6 @@ class Worker:
             detail = {"tags": list(tags), "description": description}
         obj_id = message.obj_id if message.obj_id is not None else self._fresh_id()
         self.store.put(obj_id, message.value)
-        if detail is not None:
-            self.store.described[obj_id] = (tags, description)
         return self._record_create(obj_id, message.value, peer, message.origin, detail=detail)
 
     def _get(self, message: Get, peer: str) -> Any:
@@ -321,7 +390,7 @@ class Worker:
     def _move(self, message: Move, peer: str) -> Any:
         obj = self.store.get(message.obj_id)
         connection = self._connect(message.destination)
-        tags, description = self.store.described.get(message.obj_id, ((), None))
+        tags, description = self._described(message.obj_id)
         reply = connection.request(Create(obj, message.obj_id, "move", tags, description))
         if reply.error is not None:
             raise error_from_wire(reply.error.type_name, reply.error.message)
@@ -398,24 +467,39 @@ class Worker:
     def _list(self, message: ListObjects, peer: str) -> dict[int, Any]:
         return {obj_id: _spec(obj_id, obj) for obj_id, obj in self.store.objects.items()}
 
+    def _described(self, obj_id: int) -> tuple[tuple[str, ...], str | None]:
+        """An object's tags and description: they live in its ``create`` detail."""
+        detail = self.store.details.get(obj_id)
+        if detail is None:
+            return (), None
+        detail = json.loads(detail)
+        return tuple(detail.get("tags", ())), detail.get("description")
+
     def _tag(self, message: Tag, peer: str) -> None:
-        self.store.get(message.obj_id)
-        tags, description = self.store.described.get(message.obj_id, ((), None))
+        """Tags and a description added later: a new version of the object's ``create`` (an
+        op named ``tag`` of the object itself), so they are in the log, snapshots and
+        recovery like those given at ``send``."""
+        obj = self.store.get(message.obj_id)
+        tags, description = self._described(message.obj_id)
         tags = normalize_tags((*tags, *normalize_tags(message.tags)))
         if message.description is not None:
             description = check_description(message.description)
-        self.store.described[message.obj_id] = (tags, description)
+        kept = json.loads(self.store.details.get(message.obj_id) or "{}")
+        detail = {**kept, "tags": list(tags), "description": description}
+        self._record_create(message.obj_id, obj, peer, "op", "tag", (message.obj_id,), detail)
 
     def _search(self, message: Search, peer: str) -> list[tuple[Any, list[str], str | None]]:
         wanted = set(normalize_tags(message.tags))
         if not wanted:
             raise ConfigurationError("search for at least one tag, e.g. search('#digits')")
-        described, objects = self.store.described, self.store.objects
-        return [
-            (_spec(obj_id, objects[obj_id]), list(tags), description)
-            for obj_id, (tags, description) in described.items()
-            if wanted.issubset(tags) and obj_id in objects
-        ]
+        found, objects = [], self.store.objects
+        for obj_id, detail in self.store.details.items():
+            if '"tags"' not in detail or obj_id not in objects:
+                continue
+            tags, description = self._described(obj_id)
+            if wanted.issubset(tags):
+                found.append((_spec(obj_id, objects[obj_id]), list(tags), description))
+        return found
 
 
 # ====================================================================== client side
@@ -619,8 +703,10 @@ class VirtualWorker(BaseWorker):
     """A worker in this process, as in PySyft: ``VirtualWorker(hook, id="M1")``.
 
     ``serialize=True`` sends every request through the full wire encoding; ``db`` takes a
-    file path or SQLAlchemy URL for the event log (default: in-memory SQLite);
-    ``garbage_collect=False`` keeps objects when their pointers are collected.
+    file path or SQLAlchemy URL for the event log (default: in-memory SQLite; a log that
+    already holds this worker's events brings its objects back); ``garbage_collect=False``
+    keeps objects when their pointers are collected. ``payloads``, ``blob_dir`` and
+    ``snapshot_every`` are :class:`Worker`'s.
 
     >>> import torch, bastion as sy
     >>> hook = sy.TorchHook(torch)
@@ -640,6 +726,9 @@ class VirtualWorker(BaseWorker):
         durability: str = "batched",
         allow_code: bool = False,
         garbage_collect: bool = True,
+        payloads: bool | None = None,
+        blob_dir: str | None = None,
+        snapshot_every: int | None = 10_000,
     ) -> None:
         from bastion.hook import TorchHook
 
@@ -655,7 +744,8 @@ class VirtualWorker(BaseWorker):
                 f"worker id must be a non-empty string without spaces or '/', got {id!r}"
             )
         self._worker = Worker(
-            id, db=_db_default(db), durability=durability, allow_code=allow_code
+            id, db=_db_default(db), durability=durability, allow_code=allow_code,
+            payloads=payloads, blob_dir=blob_dir, snapshot_every=snapshot_every,
         )
         address = f"memory://{id}"
         self._server = plugins.serve(self._worker, address, serialize=serialize)

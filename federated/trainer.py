@@ -137,7 +137,7 @@ class FederatedTrainer:
     - ``min_workers``, ``timeout`` (seconds per round): see the module's docstring.
       ``parallel`` trains the workers in threads (default: when any is out of process);
       a timeout is only enforced then.
-    - ``progress``: a tqdm bar (default: when standard error is a terminal).
+    - ``progress``: a progress bar (rich) on standard error (default: when it is a terminal).
     - ``seed``: fixes each worker's batch order in each round.
     """
 
@@ -210,23 +210,23 @@ class FederatedTrainer:
     def fit(self, rounds: int | None = None) -> History:
         """Run ``rounds`` more rounds (default: those given at construction); the history."""
         rounds = self.rounds if rounds is None else rounds
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
+        if not self.progress:
+            for _ in range(rounds):
+                self.round()
+            return self.history
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            bar = tqdm(total=rounds, desc=f"{self.strategy.name} ({self.style})", unit="round")
-        try:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[shown]}"))  # fmt: skip
+        with Progress(*columns, console=Console(stderr=True)) as bar:
+            task = bar.add_task(f"{self.strategy.name} ({self.style})", total=rounds, shown="")
             for _ in range(rounds):
                 metrics = self.round()
-                if bar is not None:
-                    shown = {"loss": f"{metrics.loss:.4f}"}
-                    if metrics.accuracy is not None:
-                        shown["acc"] = f"{metrics.accuracy:.4f}"
-                    bar.set_postfix(shown, refresh=False)
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+                shown = f"loss {metrics.loss:.4f}"
+                if metrics.accuracy is not None:
+                    shown += f"  accuracy {metrics.accuracy:.4f}"
+                bar.update(task, advance=1, shown=shown)
         return self.history
 
     def round(self) -> RoundMetrics:

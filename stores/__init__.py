@@ -9,6 +9,8 @@ True
 """
 
 from bastion.stores.eventlog import HASHED_FIELDS, EventLog, event_hash, expected_hash
+from bastion.stores.replay import ReplayedStore, open_read_only, replay
 from bastion.stores.verify import VerifyResult, verify
 
-__all__ = ["HASHED_FIELDS", "EventLog", "VerifyResult", "event_hash", "expected_hash", "verify"]
+__all__ = ["HASHED_FIELDS", "EventLog", "ReplayedStore", "VerifyResult", "event_hash",
+           "expected_hash", "open_read_only", "replay", "verify"]  # fmt: skip

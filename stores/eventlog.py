@@ -36,6 +36,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from bastion.errors import ConfigurationError, EventLogError
 from bastion.events import EVENT_KINDS, Event
 from bastion.logs import get_logger
+from bastion.stores import payloads as _payloads
+from bastion.stores.payloads import PayloadRow, payloads_table, snapshots_table
 
 SCHEMA_VERSION = 1
 DURABILITY_MODES = ("batched", "strict")
@@ -174,6 +176,9 @@ class EventLog:
         batch_size: int = 512,
         flush_interval: float = 0.2,
         observer: Callable[[Callable[[], list[Event]]], None] | None = None,
+        payloads: bool | None = None,
+        blob_dir: str | os.PathLike[str] | None = None,
+        blob_threshold: int = 1 << 20,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise ConfigurationError(
@@ -193,7 +198,14 @@ class EventLog:
         #: (built only if asked for: observing costs nothing when nobody listens)
         self.observer = observer
         self.flush_interval = flush_interval
+        #: whether created objects' payloads are stored (default: unless the log is in memory)
+        self.payloads = self.url != "sqlite://" if payloads is None else bool(payloads)
+        self.blob_threshold = blob_threshold
         self._strict = durability == "strict"
+        self._stored: dict[str, str] = {}  # digests known to be stored (or queued): "db"/"file"
+        self._pending_payloads: list[PayloadRow] = []
+        self._pending_payload_bytes = 0
+        self._pending_snapshots: list[dict[str, Any]] = []
         self._lock = threading.Lock()  # seq numbers and the pending list
         self._flush_lock = threading.Lock()  # one writer (and, in memory, one user) at a time
         self._pending: list[tuple[Any, ...]] = []
@@ -201,6 +213,11 @@ class EventLog:
         self._failing = False
         self._last_flush = time.monotonic()
         self._engine = _make_engine(self.url, durability)
+        #: where payloads of ``blob_threshold`` bytes or more go (``None``: in the database)
+        self.blob_dir = (
+            os.path.abspath(blob_dir) if blob_dir is not None
+            else _payloads.default_blob_dir(self.url)
+        )
         # A private in-memory database is one shared connection: serialize readers too.
         memory = isinstance(self._engine.pool, StaticPool)
         self._read_lock = self._flush_lock if memory else contextlib.nullcontext()
@@ -219,8 +236,9 @@ class EventLog:
             with self._engine.connect() as conn:
                 conn.execution_options(bastion_immediate=True)
                 with conn.begin():
-                    conn.execute(CreateTable(events_table, if_not_exists=True))
-                    conn.execute(CreateTable(schema_table, if_not_exists=True))
+                    _refuse_foreign(conn, self._safe_url())
+                    for table in (events_table, schema_table, payloads_table, snapshots_table):
+                        conn.execute(CreateTable(table, if_not_exists=True))
                     for index in events_table.indexes:
                         conn.execute(CreateIndex(index, if_not_exists=True))
                     version = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
@@ -243,6 +261,59 @@ class EventLog:
                 f"version {version}, this one reads {SCHEMA_VERSION}); upgrade bastion."
             )
         return (1, "") if last is None else (last.seq + 1, last.hash)
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the latest event recorded (0 for an empty log)."""
+        return self._next_seq - 1
+
+    def store_payload(self, digest: str, value: Any) -> str | None:
+        """Keep ``value``'s content under ``digest`` (once per digest); where it went.
+
+        Returns ``"db"`` or ``"file"``, or ``None`` when payloads are off or the value has
+        no safe encoding. The bytes are copied (or written to their file) now, so a later
+        in-place change cannot alter what the log keeps.
+        """
+        if not self.payloads:
+            return None
+        where = self._stored.get(digest)
+        if where is not None:
+            return where
+        row = _payloads.capture(value, digest, blob_dir=self.blob_dir,
+                                threshold=self.blob_threshold, fsync=self._strict)  # fmt: skip
+        if row is None:
+            return None
+        where = "db" if row.path is None else "file"
+        with self._lock:
+            if len(self._stored) >= 1 << 20:
+                self._stored.clear()  # a duplicate insert is ignored; this only saves work
+            self._stored[digest] = where
+            self._pending_payloads.append(row)
+            self._pending_payload_bytes += len(row.data or b"")
+        return where
+
+    def snapshot(self, objects: Sequence[tuple[int, str, str | None]]) -> int:
+        """Record that after the latest event the store held ``objects``:
+        ``(object_id, digest, detail JSON or None)`` each. Returns the snapshot's ``seq``."""
+        text = "[" + ",".join(
+            f"[{oid},{json.dumps(digest)},{detail or 'null'}]" for oid, digest, detail in objects
+        ) + "]"
+        with self._lock:
+            seq = self._next_seq - 1
+            self._pending_snapshots.append(
+                {"worker_id": self.worker_id, "seq": seq, "ts": time.time(), "objects": text}
+            )
+        return seq
+
+    def replay(self, until: int | float | Any = None) -> Any:
+        """This worker's objects as they stood after event ``until`` (a ``seq``, a
+        ``datetime`` or a POSIX time; default: now). See :func:`bastion.stores.replay`."""
+        from bastion.stores.replay import replay_connection
+
+        self.flush()
+        with self._read_lock, self._engine.connect() as conn:
+            return replay_connection(conn, self.worker_id, until, self.blob_dir,
+                                     source=self._safe_url())  # fmt: skip
 
     def append(
         self,
@@ -305,7 +376,7 @@ class EventLog:
             self._pending.append((seq, time.time(), kind, object_id, peer, origin, op, inputs,
                                   dtype, shape, digest, detail_json))  # fmt: skip
             full = len(self._pending) >= self.batch_size
-        if self._strict or full:
+        if self._strict or full or self._pending_payload_bytes >= _MAX_PENDING_PAYLOAD_BYTES:
             self.flush()
         return seq
 
@@ -317,13 +388,21 @@ class EventLog:
     def _flush_locked(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
+            payload_rows, self._pending_payloads = self._pending_payloads, []
+            snapshots, self._pending_snapshots = self._pending_snapshots, []
+            self._pending_payload_bytes = 0
         self._last_flush = time.monotonic()
-        if not batch:
+        if not batch and not payload_rows and not snapshots:
             return
         rows, last_hash = self._encode(batch)
         try:
             with self._engine.begin() as conn:
-                if self._sqlite:
+                _payloads.insert_ignoring_duplicates(conn, payload_rows)
+                if snapshots:
+                    conn.execute(snapshots_table.insert(), snapshots)
+                if not rows:
+                    pass
+                elif self._sqlite:
                     conn.exec_driver_sql(self._insert_sql, rows)  # 2x faster than Core here
                 else:  # Core picks the dialect's fast multi-row path
                     keys = events_table.c.keys()
@@ -331,6 +410,8 @@ class EventLog:
         except SQLAlchemyError as exc:
             with self._lock:
                 self._pending[:0] = batch  # keep them, in order, for the next flush
+                self._pending_payloads[:0] = payload_rows
+                self._pending_snapshots[:0] = snapshots
             if isinstance(exc, IntegrityError):
                 hint = f"another EventLog writes as {self.worker_id!r}; use one per worker"
             else:
@@ -339,7 +420,7 @@ class EventLog:
                 f"cannot write {len(batch)} events to {self._safe_url()}: {_reason(exc)}; {hint}."
             ) from exc
         self._last_hash = last_hash
-        if self.observer is not None:
+        if self.observer is not None and rows:
             try:
                 self.observer(lambda: [_event(row) for row in rows])
             except Exception as exc:  # an observer never breaks the log
@@ -390,12 +471,18 @@ class EventLog:
             query = query.where(t.seq >= since)
         if until is not None:
             query = query.where(t.seq <= until)
-        query = query.order_by(t.seq).limit(limit)
+        # By object: SQLite would walk the primary key in seq order rather than use the object
+        # index if asked for ORDER BY seq; one object's events are few, so sort them here.
+        by_object = object_id is not None
+        if not by_object:
+            query = query.order_by(t.seq).limit(limit)
         try:
             with self._read_lock, self._engine.connect() as conn:
                 rows = conn.execute(query).all()
         except SQLAlchemyError as exc:
             raise EventLogError(f"cannot read events from {self._safe_url()}: {exc}") from exc
+        if by_object:
+            rows = sorted(rows, key=lambda row: row.seq)[:limit]
         return [_event(row) for row in rows]
 
     def close(self) -> None:
@@ -439,6 +526,24 @@ class EventLog:
             self._failing = True
         else:
             self._failing = False
+
+
+_MAX_PENDING_PAYLOAD_BYTES = 32 << 20
+_OWN_TABLES = frozenset({"bastion_events", "bastion_schema", "bastion_payloads",
+                         "bastion_snapshots"})  # fmt: skip
+
+
+def _refuse_foreign(conn: sa.Connection, where: str) -> None:
+    """A database that holds other tables but no bastion log is someone else's: refuse it."""
+    if conn.dialect.name != "sqlite":  # a server database may hold other applications' tables
+        return
+    tables = set(sa.inspect(conn).get_table_names())
+    if tables and "bastion_schema" not in tables:
+        others = ", ".join(sorted(tables - _OWN_TABLES)[:5])
+        raise EventLogError(
+            f"{where} is not a bastion event log (it holds other tables: {others}); "
+            "give each worker's log its own database or file"
+        )
 
 
 def _reason(exc: SQLAlchemyError) -> object:

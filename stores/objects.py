@@ -19,15 +19,15 @@ from bastion.errors import ObjectExistsError, ObjectNotFoundError
 class ObjectStore:
     """Objects held by one worker, keyed by integer id (``objects`` is PySyft's ``_objects``)."""
 
-    __slots__ = ("worker_id", "objects", "digests", "described")
+    __slots__ = ("worker_id", "objects", "digests", "details")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         self.objects: dict[int, Any] = {}
         #: digest of each object's current content, when known (saves rehashing on get/move)
         self.digests: dict[int, str] = {}
-        #: what owners said of their objects: id -> (tags, description)
-        self.described: dict[int, tuple[tuple[str, ...], str | None]] = {}
+        #: the ``create`` detail (canonical JSON) of objects that have one
+        self.details: dict[int, str] = {}
 
     def put(self, obj_id: int, obj: Any, *, replace: bool = False) -> None:
         """Store ``obj`` under ``obj_id``; taking an id already in use needs ``replace``."""
@@ -38,7 +38,7 @@ class ObjectStore:
             )
         self.objects[obj_id] = obj
         self.digests.pop(obj_id, None)
-        self.described.pop(obj_id, None)
+        self.details.pop(obj_id, None)
 
     def get(self, obj_id: int) -> Any:
         """The object under ``obj_id``, or ``ObjectNotFoundError``."""
@@ -54,13 +54,13 @@ class ObjectStore:
         except KeyError:
             raise self.not_found(obj_id) from None
         self.digests.pop(obj_id, None)
-        self.described.pop(obj_id, None)
+        self.details.pop(obj_id, None)
         return obj
 
     def discard(self, obj_id: int) -> bool:
         """Remove ``obj_id`` if present; True when something was removed."""
         self.digests.pop(obj_id, None)
-        self.described.pop(obj_id, None)
+        self.details.pop(obj_id, None)
         return self.objects.pop(obj_id, None) is not None
 
     def clear(self) -> list[int]:
@@ -68,7 +68,7 @@ class ObjectStore:
         ids = list(self.objects)
         self.objects.clear()
         self.digests.clear()
-        self.described.clear()
+        self.details.clear()
         return ids
 
     def not_found(self, obj_id: int) -> ObjectNotFoundError:

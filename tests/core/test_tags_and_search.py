@@ -88,3 +88,20 @@ def test_bad_descriptions_and_empty_searches_are_refused(m1, hook):
     with pytest.raises(sy.ConfigurationError, match="at least one tag"):
         m1.search()
     assert len(m1._objects) == 0
+
+
+def test_tags_come_back_with_a_worker_restarted_on_its_log(tmp_path, hook):
+    db = str(tmp_path / "owner.db")
+    with sy.VirtualWorker(hook, id="tag-owner", db=db) as owner:
+        sent = owner.send(torch.arange(3), tags=["#digits"], description="three")
+        sent.garbage_collect_data = False
+        sent.tag("#train")
+        later = owner.send(torch.ones(2))
+        later.garbage_collect_data = False
+        later.describe("described afterwards")
+    with sy.VirtualWorker(hook, id="tag-owner", db=db) as owner:
+        assert [e.op for e in owner.audit.events(kind="create")] == [None, "tag", None, "tag"]
+        found = owner.search("#digits", "#train")
+        assert len(found) == 1 and found[0].description == "three"
+        assert torch.equal(found[0].copy().get(), torch.arange(3))
+        assert owner._worker._described(later.id_at_location) == ((), "described afterwards")

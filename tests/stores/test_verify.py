@@ -64,3 +64,63 @@ def test_verify_reads_only(log_file, tmp_path):
     with pytest.raises(sy.EventLogError, match="no event log"):
         verify(tmp_path / "absent.db")
     assert not (tmp_path / "absent.db").exists()
+
+
+# ------------------------------------------------------------------ payloads
+
+
+@pytest.fixture
+def payload_log(tmp_path):
+    """A log whose first tensor is a blob file and whose others live in the database."""
+    path = tmp_path / "payloads.db"
+    worker = sy.VirtualWorker(id="verify-payloads", db=str(path))
+    worker._worker.log.blob_threshold = 4096
+    big = worker.send(torch.arange(2048.0))  # 8 KiB: a file
+    small = worker.send(torch.tensor([1.0, 2.0]))
+    (small * 2).get()
+    worker.close()
+    del big
+    return path
+
+
+def test_an_intact_log_checks_its_payloads(payload_log):
+    assert verify(payload_log).ok
+    with sqlite3.connect(payload_log) as db:
+        kinds = db.execute("select path is null, count(*) from bastion_payloads group by 1")
+        assert dict(kinds.fetchall()) == {0: 1, 1: 2}  # one file, two rows
+
+
+def test_a_changed_payload_row_is_named(payload_log):
+    with sqlite3.connect(payload_log) as db:
+        digest = db.execute(
+            "select digest from bastion_events where worker_id = 'verify-payloads' and seq = 2"
+        ).fetchone()[0]
+        data = torch.tensor([1.0, 3.0]).numpy().tobytes()
+        db.execute("update bastion_payloads set data = ? where digest = ?", (data, digest))
+    result = verify(payload_log)
+    assert not result.ok and result.seq == 2 and "digest" in result.reason
+
+
+def test_a_corrupted_payload_file_is_named(payload_log):
+    [blob] = [p for p in (payload_log.parent / "payloads.db.blobs").rglob("*") if p.is_file()]
+    raw = bytearray(blob.read_bytes())
+    raw[100] ^= 0xFF
+    blob.write_bytes(raw)
+    result = verify(payload_log)
+    assert not result.ok and result.seq == 1 and "changed" in result.reason
+
+
+def test_a_deleted_payload_file_or_row_is_named(payload_log):
+    [blob] = [p for p in (payload_log.parent / "payloads.db.blobs").rglob("*") if p.is_file()]
+    blob.unlink()
+    result = verify(payload_log)
+    assert not result.ok and result.seq == 1 and "cannot read the payload file" in result.reason
+    _sql(payload_log, "delete from bastion_payloads where path is null")
+    result = verify(payload_log)  # the file still fails first
+    assert (result.seq, result.ok) == (1, False)
+
+
+def test_a_deleted_payload_row_is_named(payload_log):
+    _sql(payload_log, "delete from bastion_payloads where path is null")
+    result = verify(payload_log)
+    assert not result.ok and result.seq == 2 and "missing" in result.reason

@@ -1,0 +1,148 @@
+"""The event store's costs, each beside a baseline measured in the same run, as a ratio.
+
+Run with ``make bench`` (or ``.venv/bin/python benchmarks/eventstore.py [--quick]``).
+
+Targets (issue: the event-sourced object store):
+- pointer ops with batched auditing cost under 15% more than with the audit log off;
+- appends reach at least half the rate of raw ``sqlite3`` ``executemany`` of 1,000 rows
+  per commit into the same table;
+- replay reads at least 200,000 events per second.
+Also measured: the payload digest (BLAKE3) against SHA-256 and ``tensor.clone()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+
+import torch
+from harness import median_seconds, row
+
+import bastion as sy
+from bastion.events import payload_digest, tensor_bytes
+from bastion.messages import Create, Delete
+from bastion.stores import EventLog, replay
+
+
+def _silence(worker: sy.VirtualWorker) -> None:
+    """The audit log off: nothing recorded, nothing stored (a baseline, not a setting)."""
+    log = worker._worker.log
+    log.record = lambda *args, **kwargs: 0
+    log.store_payload = lambda digest, value: None
+
+
+def bench_ops(folder: str, number: int, repeat: int) -> None:
+    print("pointer op x + y on 2-element tensors (per op)")
+    a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    plain = median_seconds(lambda: a + b, number * 10, repeat)
+    setups = [
+        ("audit log off", {}, True),
+        ("batched, in-memory log", {}, False),
+        ("batched, SQLite file + payloads", {"db": os.path.join(folder, "ops-b.db")}, False),
+        ("strict, SQLite file + payloads", {"db": os.path.join(folder, "ops-s.db"),
+                                            "durability": "strict"}, False),  # fmt: skip
+    ]
+    off = None
+    for i, (label, options, silent) in enumerate(setups):
+        worker = sy.VirtualWorker(id=f"bench-ops-{i}", **options)
+        if silent:
+            _silence(worker)
+        x, y = worker.send(a), worker.send(b)
+        n = number // 20 if "strict" in label else number
+        seconds = median_seconds(lambda x=x, y=y: x + y, n, repeat)
+        off = seconds if off is None else off
+        row(label, seconds, "plain torch", plain)
+        if not silent:
+            row(f"  {label}", seconds, "audit log off", off)
+        worker.close()
+    print("  target: batched in-memory <= 1.15x audit log off")
+
+
+def _raw_sqlite(path: str, sql: str, rows: list[tuple]) -> float:
+    """Raw ``sqlite3``: the same rows into the same table, 1,000 per commit."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    start = time.perf_counter()
+    for i in range(0, len(rows), 1000):
+        conn.execute("BEGIN")
+        conn.executemany(sql, rows[i : i + 1000])
+        conn.execute("COMMIT")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return seconds
+
+
+def bench_appends(folder: str, n: int) -> None:
+    print(f"appending {n:,} create events (per event)")
+    digest, detail = "ab" * 32, '{"payload":"db"}'
+    log = EventLog(os.path.join(folder, "appends.db"), "M1", batch_size=1000)
+    record = log.record
+    start = time.perf_counter()
+    for seq in range(1, n + 1):
+        record("create", 10**9 + seq, "me", "op", "add", (1, 2), "float32", (2,), digest, detail)
+    log.flush()
+    seconds = (time.perf_counter() - start) / n
+    log.close()
+    # The baseline writes the very rows the log wrote (hashes included) into an empty copy
+    # of the same table, with its primary key and index.
+    empty = os.path.join(folder, "raw.db")
+    EventLog(empty, "M1").close()
+    with sqlite3.connect(os.path.join(folder, "appends.db")) as conn:
+        rows = conn.execute("select * from bastion_events order by seq").fetchall()
+    raw = _raw_sqlite(empty, log._insert_sql, rows) / n
+    row("EventLog.record + flush (hash chain)", seconds, "raw sqlite3 1000/commit", raw)
+    print(f"  {'':<44} {1 / seconds:10,.0f} events/s vs {1 / raw:,.0f} raw "
+          f"(rate ratio {raw / seconds:.2f}, target >= 0.5)")
+
+
+def bench_replay(folder: str, n: int) -> None:
+    print(f"replay of a {n:,}-event log (per event)")
+    path = os.path.join(folder, "replay.db")
+    worker = sy.Worker("R1", db=path, snapshot_every=None)
+    for i in range(n // 2):
+        spec = worker.handle(Create(torch.tensor([float(i)])), "me").value
+        if i % 100:  # most are deleted again, one in a hundred stays
+            worker.handle(Delete([spec.id]), "me")
+    worker.close()
+    events = n // 2 + (n // 2 - n // 200)
+    start = time.perf_counter()
+    state = replay(path)
+    seconds = time.perf_counter() - start
+    print(f"  replay: {events:,} events, {len(state):,} objects in {seconds:.2f} s = "
+          f"{events / seconds:,.0f} events/s (target >= 200,000)")
+
+
+def bench_digest(repeat: int) -> None:
+    print("payload digest (per tensor)")
+    for label, numel in (("1 KiB", 256), ("64 MiB", 16 * 2**20)):
+        t = torch.randn(numel)
+        number = 2000 if numel < 10_000 else 3
+        unit = "us" if numel < 10_000 else "ms"
+        clone = median_seconds(t.clone, number, repeat)
+        blake = median_seconds(lambda t=t: payload_digest(t), number, repeat)
+        sha = median_seconds(lambda t=t: hashlib.sha256(tensor_bytes(t)).hexdigest(), number,
+                             repeat)  # fmt: skip
+        row(f"{label} BLAKE3 (bastion's digest)", blake, "tensor.clone()", clone, unit)
+        row(f"{label} SHA-256", sha, "tensor.clone()", clone, unit)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer operations and events")
+    args = parser.parse_args()
+    number, repeat, events = (2000, 3, 100_000) if args.quick else (20_000, 5, 400_000)
+    print(f"bastion {sy.__version__}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as folder:
+        bench_ops(folder, number, repeat)
+        bench_appends(folder, events)
+        bench_replay(folder, events)
+        bench_digest(repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Replay: a worker's object store as it stood after any event, rebuilt from its log alone.
+
+Replay starts from the latest snapshot at or before the target (or from nothing), applies
+only the events after it (``create`` adds or replaces an object, ``get``, ``move`` and
+``delete`` remove one, ``clear`` drops the ids it lists), then loads the payloads of what is
+left. The same code brings a restarted worker back (:class:`bastion.Worker` on an existing
+log).
+
+>>> import os, tempfile, torch
+>>> import bastion as sy
+>>> path = os.path.join(tempfile.mkdtemp(), "m1.db")
+>>> with sy.VirtualWorker(id="doc-replay", db=path) as m1:
+...     x = m1.send(torch.tensor([1.0, 2.0]))
+...     y = x + x
+...     seq = m1.audit.last_seq
+...     y.get()
+tensor([2., 4.])
+>>> then = replay(path, until=seq)
+>>> sorted(then.values(), key=len)[0]
+tensor([1., 2.])
+>>> len(then), len(replay(path))
+(2, 1)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from bastion.errors import ConfigurationError, EventLogError
+from bastion.stores import payloads as _payloads
+from bastion.stores.eventlog import (
+    SCHEMA_VERSION,
+    _reason,
+    _resolve_url,
+    events_table,
+    schema_table,
+)
+from bastion.stores.payloads import snapshots_table
+
+
+class ReplayedStore(dict):
+    """``{object_id: object}`` as replay rebuilt it, with where it came from.
+
+    ``seq``: the last event applied; ``snapshot_seq``: the snapshot it started from (0: none);
+    ``events_read``: how many events were read after it; ``digests`` and ``details``: each
+    object's content digest and ``create`` detail; ``missing``: ids whose payload was not
+    stored (logged without payloads, or not encodable), left out of the mapping.
+    """
+
+    def __init__(self, worker: str, seq: int) -> None:
+        super().__init__()
+        self.worker = worker
+        self.seq = seq
+        self.snapshot_seq = 0
+        self.events_read = 0
+        self.digests: dict[int, str] = {}
+        self.details: dict[int, dict[str, Any]] = {}
+        self.missing: list[int] = []
+
+
+def open_read_only(url: str | os.PathLike[str]) -> sa.Engine:
+    """An engine on an existing bastion log that cannot write (SQLite opens with mode=ro).
+
+    Raises :class:`bastion.EventLogError` naming the file for a missing file, a file that is
+    not a database or not a bastion log, and a log written by a newer bastion.
+    """
+    resolved = _resolve_url(url)
+    parsed = sa.make_url(resolved)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = parsed.database
+        if not os.path.exists(path):
+            raise EventLogError(f"no event log at {path}: the file does not exist")
+        engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+        where = path
+    else:
+        engine = sa.create_engine(parsed)
+        where = parsed.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            if "bastion_events" not in tables or "bastion_schema" not in tables:
+                raise EventLogError(f"{where} is not a bastion event log (no bastion_events table)")
+            version = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise EventLogError(f"cannot read the event log at {where}: {_reason(exc)}") from exc
+    except EventLogError:
+        engine.dispose()
+        raise
+    if version is not None and version > SCHEMA_VERSION:
+        engine.dispose()
+        raise EventLogError(
+            f"the event log at {where} was written by a newer bastion (schema version {version}, "
+            f"this one reads {SCHEMA_VERSION}); upgrade bastion"
+        )
+    return engine
+
+
+def replay(
+    url: str | os.PathLike[str],
+    worker: str | None = None,
+    *,
+    until: int | float | datetime.datetime | None = None,
+    blob_dir: str | os.PathLike[str] | None = None,
+) -> ReplayedStore:
+    """Rebuild ``worker``'s store from the log at ``url`` as it stood after ``until``.
+
+    ``until``: a ``seq`` (int), a ``datetime`` or POSIX time (float: the last event at or
+    before it), or ``None`` for the end of the log. ``worker`` may be left out when the
+    database holds one worker. Payload files are looked for in ``blob_dir`` (default: the
+    ``.blobs`` folder beside a SQLite file). Read-only.
+    """
+    resolved = _resolve_url(url)
+    engine = open_read_only(resolved)
+    folder = os.path.abspath(blob_dir) if blob_dir else _payloads.default_blob_dir(resolved)
+    try:
+        with engine.connect() as conn:
+            if worker is None:
+                worker = _only_worker(conn, resolved)
+            elif not _has_events(conn, worker):
+                raise EventLogError(f"the event log at {url} holds no events of worker {worker!r}")
+            return replay_connection(conn, worker, until, folder, source=str(url))
+    except SQLAlchemyError as exc:
+        raise EventLogError(f"cannot replay the event log at {url}: {_reason(exc)}") from exc
+    finally:
+        engine.dispose()
+
+
+def _has_events(conn: sa.Connection, worker: str) -> bool:
+    t = events_table.c
+    return conn.execute(sa.select(t.seq).where(t.worker_id == worker).limit(1)).first() is not None
+
+
+def _only_worker(conn: sa.Connection, url: str) -> str:
+    workers = list(conn.scalars(sa.select(events_table.c.worker_id).distinct().limit(11)))
+    if len(workers) == 1:
+        return workers[0]
+    if not workers:
+        raise EventLogError(f"the event log at {url} holds no events")
+    raise ConfigurationError(
+        f"the event log at {url} holds several workers ({', '.join(sorted(workers)[:10])}); "
+        "say which with worker=..."
+    )
+
+
+def _target_seq(conn: sa.Connection, worker: str, until: Any, source: str) -> int:
+    t = events_table.c
+    last = sa.select(sa.func.max(t.seq)).where(t.worker_id == worker)
+    if until is None:
+        return int(conn.execute(last).scalar() or 0)
+    if isinstance(until, datetime.datetime):
+        until = until.timestamp()
+    if isinstance(until, bool) or not isinstance(until, (int, float)):
+        raise ConfigurationError(
+            f"until takes a seq (int), a datetime or a POSIX time, not {type(until).__name__}"
+        )
+    if isinstance(until, float):
+        return int(conn.execute(last.where(t.ts <= until)).scalar() or 0)
+    if until < 0:
+        raise ConfigurationError(f"until={until}: sequence numbers start at 1 (0: before any)")
+    top = conn.execute(last).scalar() or 0
+    if until > top:
+        raise EventLogError(
+            f"worker {worker!r} has no event {until} in {source} (its last is {top})"
+        )
+    return until
+
+
+def replay_connection(
+    conn: sa.Connection, worker: str, until: Any, blob_dir: str | None, *, source: str = "the log"
+) -> ReplayedStore:
+    """:func:`replay` on an open connection (an :class:`EventLog` replays its own this way)."""
+    seq = _target_seq(conn, worker, until, source)
+    result = ReplayedStore(worker, seq)
+    state: dict[int, tuple[str | None, dict[str, Any] | None]] = {}
+    s = snapshots_table.c
+    snapshot = conn.execute(
+        sa.select(s.seq, s.objects)
+        .where(s.worker_id == worker, s.seq <= seq)
+        .order_by(s.seq.desc())
+        .limit(1)
+    ).first()
+    start = 1
+    if snapshot is not None:
+        result.snapshot_seq, start = snapshot.seq, snapshot.seq + 1
+        for oid, digest, detail in json.loads(snapshot.objects):
+            state[oid] = (digest, detail)
+    t = events_table.c
+    query = (
+        sa.select(t.kind, t.object_id, t.digest, t.detail)
+        .where(t.worker_id == worker, t.seq >= start, t.seq <= seq)
+        .order_by(t.seq)
+    )
+    count = 0
+    for rows in conn.execution_options(yield_per=20_000).execute(query).partitions():
+        count += len(rows)
+        for kind, oid, digest, detail in rows:
+            if kind == "create":
+                extra = json.loads(detail) if detail else None
+                if extra is not None:
+                    extra.pop("payload", None)
+                state[oid] = (digest, extra or None)
+            elif kind in ("get", "move", "delete"):
+                state.pop(oid, None)
+            elif kind == "clear":
+                for dropped in json.loads(detail).get("ids", ()) if detail else ():
+                    state.pop(dropped, None)
+    result.events_read = count
+    rows = _payloads.load_many(conn, (d for d, _ in state.values() if d), blob_dir)
+    for oid, (digest, detail) in state.items():
+        row = rows.get(digest) if digest else None
+        if row is None:
+            result.missing.append(oid)
+            continue
+        result[oid] = _payloads.load(row, blob_dir)
+        result.digests[oid] = digest
+        if detail:
+            result.details[oid] = detail
+    return result
