@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/transports.py
 	$(PY) benchmarks/eventstore.py
+	$(PY) benchmarks/audit.py
+	$(PY) benchmarks/federated.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ tensor([0, 2])
 from __future__ import annotations
 
 from bastion.errors import (
+    AuditError,
     BastionError,
     ConfigurationError,
     ConnectionLost,
@@ -28,6 +29,7 @@ from bastion.errors import (
     UnsupportedOperation,
 )
 from bastion.events import Event
+from bastion.federated import BaseDataset, FederatedDataLoader, FederatedDataset
 from bastion.hook import TorchHook
 from bastion.modules import get_module, send_module
 from bastion.pointer import ObjectPointer, PointerParameter, PointerTensor
@@ -40,17 +42,20 @@ __version__ = "0.1.0"
 __all__ = [
     "Accountant",
     "Allow",
+    "AuditError",
+    "BaseDataset",
     "BaseWorker",
+    "BastionError",
     "Budget",
     "BudgetReport",
-    "DP",
-    "Deny",
-    "ReleasePolicy",
-    "BastionError",
     "ConfigurationError",
     "ConnectionLost",
+    "DP",
+    "Deny",
     "Event",
     "EventLogError",
+    "FederatedDataLoader",
+    "FederatedDataset",
     "FrameError",
     "LocalWorker",
     "LocationError",
@@ -60,6 +65,7 @@ __all__ = [
     "PermissionDenied",
     "PointerParameter",
     "PointerTensor",
+    "ReleasePolicy",
     "RemoteError",
     "RemoteValueError",
     "SerializationError",
@@ -72,6 +78,7 @@ __all__ = [
     "SpawnedWorker",
     "WorkerServer",
     "connect",
+    "federated",
     "get_module",
     "local_worker",
     "send_module",

@@ -16,6 +16,7 @@ import signal
 import click
 
 from bastion import __version__
+from bastion.audit.cli import audit
 
 
 @click.group()
@@ -24,13 +25,40 @@ def cli() -> None:
     """bastion: private deep learning on PyTorch, with pointers to data that stays put."""
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--serialize", is_flag=True, help="Send every request through the wire format.")
-def demo(serialize: bool) -> None:
-    """Run the seed tutorial on two in-process workers."""
-    from bastion.demo import seed_tutorial
+@click.pass_context
+def demo(ctx: click.Context, serialize: bool) -> None:
+    """Run the seed tutorial on two in-process workers (or a demo named after it)."""
+    if ctx.invoked_subcommand is None:
+        from bastion.demo import seed_tutorial
 
-    seed_tutorial(echo=click.echo, serialize=serialize)
+        seed_tutorial(echo=click.echo, serialize=serialize)
+
+
+@demo.command()
+@click.option("--rounds", default=20, show_default=True, help="Federated rounds.")
+@click.option("--workers", "n_workers", default=10, show_default=True, help="How many workers.")
+@click.option("--transport", type=click.Choice(["memory", "tcp", "shm"]), default="memory",
+              show_default=True, help="Workers in this process, or spawned over tcp or shm.")
+@click.option("--style", type=click.Choice(["fast", "pointers"]), default="fast",
+              show_default=True, help="Ship the training as a function, or drive it by pointers.")
+@click.option("--split", type=click.Choice(["iid", "label"]), default="iid", show_default=True,
+              help="Split the data at random, or by label (non-IID).")
+@click.option("--strategy", type=click.Choice(["fedavg", "fedprox", "fedadam"]),
+              default="fedavg", show_default=True)
+def federated(rounds: int, n_workers: int, transport: str, style: str, split: str,
+              strategy: str) -> None:  # fmt: skip
+    """FedAvg on scikit-learn's digits across workers, printing each round's accuracy."""
+    from bastion.federated import FedAdam, FedAvg, FedProx
+    from bastion.federated.digits import digits_workers, run_digits
+
+    chosen = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}[strategy]()
+    click.echo(f"digits: {n_workers} {transport} workers, {style} way, {split} split, {chosen!r}")
+    with digits_workers(n_workers, transport) as workers:
+        history = run_digits(workers, rounds=rounds, style=style, split=split, strategy=chosen,
+                             progress=False, echo=click.echo)  # fmt: skip
+    click.echo(f"final accuracy {history[-1].accuracy:.4f} after {len(history)} rounds")
 
 
 @cli.command()
@@ -100,6 +128,9 @@ def plugins(as_json: bool) -> None:
     for problem in registry.problems():
         if "failed to load" not in problem:
             click.echo(f"problem: {problem}", err=True)
+
+
+cli.add_command(audit)
 
 
 def main() -> None:

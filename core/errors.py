@@ -65,6 +65,11 @@ class EventLogError(BastionError):
     """The event log could not be opened, read or written."""
 
 
+class AuditError(BastionError):
+    """An audit names what the log does not hold (a worker, a seq, an object id), or asks
+    something it cannot answer; nothing was read past the question."""
+
+
 class RemoteError(BastionError):
     """An operation failed on the worker; ``remote_type`` names the exception raised there.
 

@@ -3,7 +3,7 @@
 | kind     | when                                   |
 | -------- | -------------------------------------- |
 | create   | send, op result, function result, move in (also an in-place op: a new version) |
-| get      | the object leaves to its requester     |
+| get      | the object leaves to its requester (origin call: a shipped function's value) |
 | move     | the object leaves to another worker    |
 | delete   | a pointer was collected                |
 | clear    | clear_objects                          |

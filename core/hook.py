@@ -20,7 +20,13 @@ import torch.nn as nn
 
 from bastion.errors import ConfigurationError
 from bastion.modules import get_module, module_location, send_module
-from bastion.worker import BaseWorker, LocalWorker, local_worker
+from bastion.worker import (
+    BaseWorker,
+    LocalWorker,
+    check_description,
+    local_worker,
+    normalize_tags,
+)
 
 
 def _tensor_send(self: torch.Tensor, worker: BaseWorker) -> Any:
@@ -37,9 +43,25 @@ def _module_send(self: nn.Module, worker: BaseWorker) -> nn.Module:
     return send_module(self, worker)
 
 
+def _tensor_tag(self: torch.Tensor, *tags: str) -> torch.Tensor:
+    """Add tags (``"#digits"``) that travel with the tensor when sent; returns the tensor."""
+    self.__dict__["_tags"] = normalize_tags((*self.__dict__.get("_tags", ()), *tags))
+    return self
+
+
+def _tensor_describe(self: torch.Tensor, description: str) -> torch.Tensor:
+    """Describe the tensor's data for those who find it on a worker; returns the tensor."""
+    self.__dict__["_description"] = check_description(description)
+    return self
+
+
 #: (class, attribute, value) the hook adds; unhook removes exactly these.
 _ADDITIONS: tuple[tuple[type, str, Any], ...] = (
     (torch.Tensor, "send", _tensor_send),
+    (torch.Tensor, "tag", _tensor_tag),
+    (torch.Tensor, "describe", _tensor_describe),
+    (torch.Tensor, "tags", property(lambda self: self.__dict__.get("_tags", ()))),
+    (torch.Tensor, "description", property(lambda self: self.__dict__.get("_description"))),
     (nn.Module, "send", _module_send),
     (nn.Module, "get", get_module),
     (nn.Module, "location", property(module_location)),

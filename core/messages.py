@@ -58,11 +58,16 @@ class ErrorInfo:
 
 @dataclass(slots=True)
 class Create:
-    """Store ``value`` (a tensor or plain data) on the worker. ``origin`` is send, move or call."""
+    """Store ``value`` (a tensor or plain data) on the worker. ``origin`` is send, move or call.
+
+    ``tags`` and ``description`` are what its owner says of it (``worker.search`` finds it).
+    """
 
     value: Any
     obj_id: int | None = None
     origin: str = "send"
+    tags: tuple[str, ...] = ()
+    description: str | None = None
 
 
 @dataclass(slots=True)
@@ -105,17 +110,38 @@ class RunOp:
 
 @dataclass(slots=True)
 class CallFunction:
-    """Run shipped code (cloudpickle bytes); only workers started with ``allow_code=True`` do."""
+    """Run shipped code (cloudpickle bytes); only workers started with ``allow_code=True`` do.
+
+    The result stays on the worker (the reply describes it), or with ``return_value`` it is
+    the reply's value: one round trip, nothing left behind.
+    """
 
     code: bytes
     args: tuple
     kwargs: dict
     grad_enabled: bool = True
+    return_value: bool = False
 
 
 @dataclass(slots=True)
 class ListObjects:
     """Describe every object the worker holds: ``{id: TensorSpec | ObjectSpec}``."""
+
+
+@dataclass(slots=True)
+class Tag:
+    """Add ``tags`` to an object, and set its ``description`` unless None."""
+
+    obj_id: int
+    tags: tuple[str, ...] = ()
+    description: str | None = None
+
+
+@dataclass(slots=True)
+class Search:
+    """Find the objects carrying every one of ``tags``: ``[(spec, tags, description), ...]``."""
+
+    tags: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -156,6 +182,8 @@ RECORDS: tuple[type, ...] = (
     CallFunction,
     ListObjects,
     Reply,
+    Tag,
+    Search,
     BudgetQuery,
 )
 
@@ -165,5 +193,6 @@ WIRE_FIELDS: dict[type, tuple[str, ...]] = {
 }
 
 MESSAGES: tuple[type, ...] = (
-    Create, Get, Move, Delete, Clear, RunOp, CallFunction, ListObjects, BudgetQuery,
+    Create, Get, Move, Delete, Clear, RunOp, CallFunction, ListObjects, Tag, Search,
+    BudgetQuery,
 )  # fmt: skip

@@ -19,6 +19,7 @@ tensor(9.)
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,8 @@ from bastion.errors import (
     SerializationError,
 )
 from bastion.ids import new_id
-from bastion.messages import Get, Move, ObjectSpec, Ref, RunOp, TensorSpec
-from bastion.worker import BaseWorker, local_worker
+from bastion.messages import Get, Move, ObjectSpec, Ref, RunOp, Tag, TensorSpec
+from bastion.worker import BaseWorker, check_description, local_worker, normalize_tags
 
 _DisableSubclass = torch._C.DisableTorchFunctionSubclass
 
@@ -88,6 +89,34 @@ class _PointerMixin:
 
     def _nbytes(self) -> int:
         return 0
+
+    # ------------------------------------------------------------------ tags
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The tags its owner gave the object (what ``worker.search`` matches)."""
+        return self.__dict__.get("_tags", ())
+
+    @property
+    def description(self) -> str | None:
+        """What its owner says the object is."""
+        return self.__dict__.get("_description")
+
+    def tag(self, *tags: str) -> Any:
+        """Add tags to the object on its worker; returns this pointer."""
+        self._check_live()
+        new = normalize_tags(tags)
+        self.location._request(Tag(self.id_at_location, new, None))
+        self.__dict__["_tags"] = normalize_tags((*self.tags, *new))
+        return self
+
+    def describe(self, description: str) -> Any:
+        """Set the object's description on its worker; returns this pointer."""
+        self._check_live()
+        check_description(description)
+        self.location._request(Tag(self.id_at_location, (), description))
+        self.__dict__["_description"] = description
+        return self
 
 
 def _init_pointer(pointer: Any, location: BaseWorker, obj_id: int) -> None:
@@ -332,7 +361,7 @@ def _to_wire(value: Any, call: _Call) -> Any:
         return value  # a plain tensor travels along with the request
     if kind is tuple or kind is list:
         return kind([_to_wire(item, call) for item in value])
-    if kind is dict:
+    if kind is dict or kind is OrderedDict:  # a state_dict travels as a plain dict
         return {key: _to_wire(item, call) for key, item in value.items()}
     if kind is slice:
         return slice(

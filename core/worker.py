@@ -20,7 +20,7 @@ import collections
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -32,6 +32,7 @@ from bastion import ops, plugins, serde
 from bastion.errors import (
     BastionError,
     ConfigurationError,
+    LocationError,
     PermissionDenied,
     SerializationError,
     UnsupportedOperation,
@@ -55,6 +56,8 @@ from bastion.messages import (
     Ref,
     Reply,
     RunOp,
+    Search,
+    Tag,
     TensorSpec,
 )
 from bastion.privacy import Budget, BudgetReport, ReleasePolicy
@@ -75,6 +78,8 @@ def _spec(obj_id: int, value: Any) -> TensorSpec | ObjectSpec:
 _FLAT = frozenset({int, float, bool, str, type(None)})
 #: the ``detail`` of a ``create`` event by where its payload went
 _PAYLOAD_DETAIL = {None: None, "db": '{"payload":"db"}', "file": '{"payload":"file"}'}
+#: The detail of a ``get`` whose value left through the ``dp`` release policy (noised).
+_RELEASED_DP = _canonical({"released": "dp"})
 
 
 def _notify_plugins(build: Any) -> None:
@@ -86,6 +91,44 @@ def _notify_plugins(build: Any) -> None:
 
 def _is_structseq(value: Any) -> bool:
     return type(value).__module__ == "torch.return_types"
+
+
+MAX_TAGS, MAX_TAG_CHARS, MAX_DESCRIPTION_CHARS = 64, 256, 65536
+
+
+def normalize_tags(tags: str | Iterable[Any]) -> tuple[str, ...]:
+    """Tags as a tuple of distinct non-empty strings, in order; a list among them is flattened.
+
+    >>> normalize_tags(["#digits", ("#train", "#digits")])
+    ('#digits', '#train')
+    """
+    flat: list[str] = []
+    for tag in [tags] if isinstance(tags, str) else tags:
+        flat.extend([tag] if isinstance(tag, str) else tag if isinstance(tag, (list, tuple))
+                    else [tag])  # fmt: skip
+    for tag in flat:
+        if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_CHARS or tag != tag.strip():
+            raise ConfigurationError(
+                f"a tag is a non-empty string of at most {MAX_TAG_CHARS} characters without "
+                f"surrounding spaces, such as '#digits'; got {tag!r}"
+            )
+    out = tuple(dict.fromkeys(flat))
+    if len(out) > MAX_TAGS:
+        raise ConfigurationError(f"{len(out)} tags on one object; at most {MAX_TAGS}")
+    return out
+
+
+def check_description(description: Any) -> str | None:
+    """``description`` if it is None or a string of at most 65,536 characters."""
+    if description is not None and (
+        not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS
+    ):
+        raise ConfigurationError(
+            f"a description is a string of at most {MAX_DESCRIPTION_CHARS} characters, got "
+            f"{type(description).__name__}"
+            + (f" of {len(description)}" if isinstance(description, str) else "")
+        )
+    return description
 
 
 class Worker:
@@ -134,6 +177,9 @@ class Worker:
         self.connect_options = dict(connect_options or {})
         self._lock = threading.RLock()
         self._peers: dict[str, Any] = {}
+        #: shipped functions already unpickled, by peer and bytes (the newest FUNCTION_CACHE
+        #: kept): one peer's function, with the state it keeps, never runs for another
+        self._functions: dict[tuple[str, bytes], Callable[..., Any]] = {}
         self._handlers = {
             Create: self._create,
             Get: self._get,
@@ -144,6 +190,8 @@ class Worker:
             CallFunction: self._call,
             ListObjects: self._list,
             BudgetQuery: self._budget,
+            Tag: self._tag,
+            Search: self._search,
         }
         #: private objects, what derives from them, release policy and budgets (bastion.guard)
         self.privacy = PrivacyGuard(self)
@@ -304,7 +352,7 @@ class Worker:
         if obj_id is None:
             obj_id = self._fresh_id()
         self.store.objects[obj_id] = value
-        detail = None if taint is None else self.privacy.label(obj_id, taint)
+        detail = None if taint is None else self._derived(obj_id, taint)
         return self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()),
                                    detail)  # fmt: skip
 
@@ -326,6 +374,13 @@ class Worker:
             return type(result)(items)
         return self._keep(result, inputs, peer, origin, op, taint)
 
+    def _derived(self, obj_id: int, taint: frozenset[int]) -> dict[str, Any]:
+        """The ``create`` detail of an object derived from ``taint``: its privacy label, and
+        the tags and description it had (an in-place write keeps them)."""
+        label = self.privacy.label(obj_id, taint)
+        kept = self.store.details.get(obj_id)
+        return label if kept is None else {**json.loads(kept), **label}
+
     def _taint_written(self, result: Any, written: set[int], taint: frozenset[int], peer: str,
                        origin: str, op: str, inputs: dict[int, int]) -> None:  # fmt: skip
         """Objects a tainted operation wrote into become derived: a new version each."""
@@ -336,7 +391,7 @@ class Worker:
         for obj_id in written:
             value = objects[obj_id]
             if id(value) not in returned:  # results are recorded when they are stored
-                detail = self.privacy.label(obj_id, taint)
+                detail = self._derived(obj_id, taint)
                 self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()),
                                     detail)  # fmt: skip
 
@@ -350,9 +405,14 @@ class Worker:
     # ------------------------------------------------------------------ handlers
 
     def _create(self, message: Create, peer: str) -> TensorSpec | ObjectSpec:
+        detail = None
+        if message.tags or message.description is not None:
+            tags = normalize_tags(message.tags)
+            description = check_description(message.description)
+            detail = {"tags": list(tags), "description": description}
         obj_id = message.obj_id if message.obj_id is not None else self._fresh_id()
         self.store.put(obj_id, message.value)
-        return self._record_create(obj_id, message.value, peer, message.origin)
+        return self._record_create(obj_id, message.value, peer, message.origin, detail=detail)
 
     def _get(self, message: Get, peer: str) -> Any:
         obj = self.store.get(message.obj_id)
@@ -381,7 +441,8 @@ class Worker:
         if self.privacy.labels:
             self.privacy.check_move(message.obj_id, peer, message.destination)
         connection = self._connect(message.destination)
-        reply = connection.request(Create(obj, message.obj_id, origin="move"))
+        tags, description = self._described(message.obj_id)
+        reply = connection.request(Create(obj, message.obj_id, "move", tags, description))
         if reply.error is not None:
             raise error_from_wire(reply.error.type_name, reply.error.message)
         digest = self._digest(message.obj_id, obj)
@@ -466,7 +527,13 @@ class Worker:
                 peer, "call", "this worker does not run shipped code; start it with "
                 "allow_code=True to allow it"
             )
-        func = cloudpickle.loads(message.code)
+        key = (peer, message.code)  # a peer's function, and its state, are its own
+        func = self._functions.get(key)
+        if func is None:
+            func = cloudpickle.loads(message.code)
+            self._functions[key] = func
+            while len(self._functions) > self.FUNCTION_CACHE:
+                del self._functions[next(iter(self._functions))]
         inputs: dict[int, int] = {}
         args = self._resolve(message.args, inputs)
         kwargs = self._resolve(message.kwargs, inputs)
@@ -484,14 +551,70 @@ class Worker:
             raise failure
         if taint is not None:  # shipped code may have written into any argument
             written = self.privacy.written(name, kwargs, inputs, {}, everything=True)
-            self._taint_written(result, written, taint, peer, "call", name, inputs)
+            kept = None if message.return_value else result  # a returned value is not stored
+            self._taint_written(kept, written, taint, peer, "call", name, inputs)
+        if message.return_value:
+            return self._return_value(result, inputs, peer, name, taint)
         return self._store_result(result, inputs, peer, "call", name, taint)
+
+    def _return_value(self, result: Any, inputs: dict[int, int], peer: str, name: str,
+                      taint: frozenset[int] | None) -> Any:  # fmt: skip
+        """The value of a shipped function leaves the worker: one ``get`` event for it, and
+        when the call touched private data, the release policy decides first (refused: a
+        ``denied`` event; allowed: a ``release`` event; dp: it leaves clipped and noised)."""
+        digest = None
+        if taint is not None:
+            released = self.privacy.release(taint, result, peer, "call")
+            if released is not None:
+                result, digest = released
+        self.log.record("get", None, peer, "call", name, tuple(inputs.values()), None, None,
+                        digest, None if digest is None else _RELEASED_DP)  # fmt: skip
+        return result
+
+    #: How many distinct shipped functions a worker keeps unpickled (and their state, such as
+    #: a model built on the first call), so that shipping the same bytes again costs no
+    #: unpickling.
+    FUNCTION_CACHE = 16
 
     def _list(self, message: ListObjects, peer: str) -> dict[int, Any]:
         return {obj_id: _spec(obj_id, obj) for obj_id, obj in self.store.objects.items()}
 
     def _budget(self, message: BudgetQuery, peer: str) -> dict[str, Any]:
         return self.privacy.budget_report(peer).__dict__.copy()
+
+    def _described(self, obj_id: int) -> tuple[tuple[str, ...], str | None]:
+        """An object's tags and description: they live in its ``create`` detail."""
+        detail = self.store.details.get(obj_id)
+        if detail is None:
+            return (), None
+        detail = json.loads(detail)
+        return tuple(detail.get("tags", ())), detail.get("description")
+
+    def _tag(self, message: Tag, peer: str) -> None:
+        """Tags and a description added later: a new version of the object's ``create`` (an
+        op named ``tag`` of the object itself), so they are in the log, snapshots and
+        recovery like those given at ``send``."""
+        obj = self.store.get(message.obj_id)
+        tags, description = self._described(message.obj_id)
+        tags = normalize_tags((*tags, *normalize_tags(message.tags)))
+        if message.description is not None:
+            description = check_description(message.description)
+        kept = json.loads(self.store.details.get(message.obj_id) or "{}")
+        detail = {**kept, "tags": list(tags), "description": description}
+        self._record_create(message.obj_id, obj, peer, "op", "tag", (message.obj_id,), detail)
+
+    def _search(self, message: Search, peer: str) -> list[tuple[Any, list[str], str | None]]:
+        wanted = set(normalize_tags(message.tags))
+        if not wanted:
+            raise ConfigurationError("search for at least one tag, e.g. search('#digits')")
+        found, objects = [], self.store.objects
+        for obj_id, detail in self.store.details.items():
+            if '"tags"' not in detail or obj_id not in objects:
+                continue
+            tags, description = self._described(obj_id)
+            if wanted.issubset(tags):
+                found.append((_spec(obj_id, objects[obj_id]), list(tags), description))
+        return found
 
     # ------------------------------------------------------------------ data owner
 
@@ -501,7 +624,8 @@ class Worker:
         *,
         private: bool = True,
         owner: str | None = None,
-        tags: tuple[str, ...] | list[str] = (),
+        tags: Iterable[str] = (),
+        description: str | None = None,
         policy: ReleasePolicy | str | None = None,
     ) -> int:
         """Put the data owner's ``value`` on this worker; returns its object id.
@@ -509,31 +633,36 @@ class Worker:
         ``private``: only ``owner`` may fetch or move it, and what is computed from it leaves
         only as the release ``policy`` says (None: the worker's, see ``set_release_policy``).
         ``owner`` is the peer id allowed to fetch it over a transport; the default, None, lets
-        no peer fetch it (the owner holds this ``Worker``). ``tags`` describe it.
+        no peer fetch it (the owner holds this ``Worker``). ``tags`` and ``description`` say
+        what it is: peers find it with ``search`` (and compute on it there).
 
         >>> import torch, bastion as sy
         >>> worker = sy.Worker("doc-register")
         >>> obj_id = worker.register(torch.ones(2), tags=["#ones"])
         >>> worker.privacy.sources[obj_id].tags
         ('#ones',)
+        >>> [spec.id == obj_id for spec, _, _ in worker.handle(Search(("#ones",)), "me").value]
+        [True]
         """
         if not isinstance(value, torch.Tensor):
             raise SerializationError(
                 f"register() takes a tensor, not a {type(value).__name__}; wrap the data with "
                 "torch.tensor(...) first"
             )
+        tags = normalize_tags(tags)
+        check_description(description)
+        if not private and (policy is not None or owner is not None):
+            raise ConfigurationError(
+                "owner and policy apply to private data: register(..., private=True)"
+            )
         with self._lock:
             obj_id = self._fresh_id()
             self.store.put(obj_id, value)
-            detail = None
-            if private:
-                detail = self.privacy.register(obj_id, owner, tags, policy)
-            elif policy is not None or owner is not None:
-                raise ConfigurationError(
-                    "owner and policy apply to private data: register(..., private=True)"
-                )
-            elif tags:
-                detail = {"tags": list(tags)}
+            detail = self.privacy.register(obj_id, owner, tags, policy) if private else {}
+            if tags:
+                detail["tags"] = list(tags)
+            if description is not None:  # both where search finds them (``_described``)
+                detail["description"] = description
             self._record_create(obj_id, value, owner or self.id, "register", detail=detail)
         log.info("data registered", worker=self.id, object_id=obj_id, private=private)
         return obj_id
@@ -627,13 +756,19 @@ class BaseWorker:
 
     # ------------------------------------------------------------------ public API
 
-    def send(self, obj: torch.Tensor | nn.Module) -> Any:
+    def send(
+        self, obj: torch.Tensor | nn.Module, *, tags: Iterable[str] = (),
+        description: str | None = None,
+    ) -> Any:
         """Send a tensor (returns a ``PointerTensor``) or a module (its parameters become pointers).
 
+        ``tags`` and ``description`` (added to those the tensor carries, see ``tag()``) let
+        the worker's peers find it with ``search``.
+
         >>> import torch, bastion as sy
-        >>> ptr = sy.VirtualWorker(id="doc-send").send(torch.ones(2))
-        >>> ptr.shape
-        torch.Size([2])
+        >>> ptr = sy.VirtualWorker(id="doc-send").send(torch.ones(2), tags=["#ones"])
+        >>> ptr.shape, ptr.tags
+        (torch.Size([2]), ('#ones',))
         """
         from bastion.modules import send_module
         from bastion.pointer import ObjectPointer, PointerTensor
@@ -649,8 +784,77 @@ class BaseWorker:
                 f"cannot send a {type(obj).__name__} to {self.id}: bastion sends tensors and "
                 "nn.Modules; wrap the data with torch.tensor(...) first"
             )
+        own = obj.__dict__
+        if tags or description is not None or "_tags" in own or "_description" in own:
+            tags = normalize_tags((*own.get("_tags", ()), *normalize_tags(tags)))
+            if description is None:
+                description = own.get("_description")
+            spec = self._request(Create(obj, None, "send", tags, check_description(description)))
+            pointer = PointerTensor._make(self, spec, leaf=True)
+            pointer.__dict__.update(_tags=tags, _description=description)
+            return pointer
         spec = self._request(Create(obj))
         return PointerTensor._make(self, spec, leaf=True)
+
+    def search(self, *tags: str | Iterable[str]) -> list[Any]:
+        """Pointers to the objects carrying every one of ``tags`` (``search("#digits")``).
+
+        The pointers do not delete their objects when collected: the data is its owner's.
+
+        >>> import torch, bastion as sy
+        >>> bob = sy.VirtualWorker(id="doc-search")
+        >>> _ = bob.send(torch.ones(2), tags=["#digits", "#train"], description="ones")
+        >>> [(p.shape, p.description) for p in bob.search("#digits", "#train")]
+        [(torch.Size([2]), 'ones')]
+        >>> bob.search("#digits", "#test")
+        []
+        """
+        from bastion.pointer import ObjectPointer, PointerTensor
+
+        self._flush_deletes()
+        found = []
+        for spec, found_tags, description in self._request(Search(normalize_tags(tags))):
+            if isinstance(spec, TensorSpec):
+                pointer = PointerTensor._make(self, spec, leaf=True)
+            else:
+                pointer = ObjectPointer(self, spec)
+            pointer.__dict__.update(garbage_collect_data=False, _tags=tuple(found_tags),
+                                    _description=description)  # fmt: skip
+            found.append(pointer)
+        return found
+
+    def call(self, func: Callable[..., Any] | bytes, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``func(*args, **kwargs)`` on the worker and return its value, in one round trip.
+
+        Pointers among the arguments stand for the objects they point to there; tensors and
+        plain values travel along. ``func`` is shipped with cloudpickle (or give the bytes of
+        ``cloudpickle.dumps(func)``, to pickle a function called often once); the worker must
+        run with ``allow_code=True`` and refuses otherwise with ``PermissionDenied``. The
+        value must be something the wire format carries (tensors, numbers, dicts...). The
+        worker keeps the functions it unpickled (the last ``Worker.FUNCTION_CACHE``) by peer
+        and bytes: the same bytes shipped again by the same peer reuse the same function, with
+        any state it holds. When the call read private data (see ``Worker.register``), the
+        value leaves only as the worker's release policy says.
+
+        >>> import torch, bastion as sy
+        >>> bob = sy.VirtualWorker(id="doc-call", allow_code=True)
+        >>> x = bob.send(torch.tensor([1.0, 2.0]))
+        >>> bob.call(lambda t, k: (t * k).sum(), x, 3)
+        tensor(9.)
+        """
+        from bastion.pointer import _Call, _to_wire
+
+        code = func if isinstance(func, bytes) else cloudpickle.dumps(func)
+        call = _Call()
+        wire_args = tuple([_to_wire(arg, call) for arg in args])
+        wire_kwargs = {key: _to_wire(value, call) for key, value in kwargs.items()}
+        if call.location is not None and call.location is not self:
+            raise LocationError(
+                f"call() on worker {self.id} got a pointer to an object on {call.location.id}; "
+                f"move it to {self.id} first"
+            )
+        message = CallFunction(code, wire_args, wire_kwargs, torch.is_grad_enabled(), True)
+        return self._request(message)
 
     def clear_objects(self) -> BaseWorker:
         """Drop every object on this worker (pointers to them raise ``ObjectNotFoundError``)."""
@@ -768,7 +972,8 @@ class VirtualWorker(BaseWorker):
         value: torch.Tensor,
         *,
         private: bool = True,
-        tags: tuple[str, ...] | list[str] = (),
+        tags: Iterable[str] = (),
+        description: str | None = None,
         policy: ReleasePolicy | str | None = None,
     ) -> Any:
         """Put your data on this in-process worker as its owner; returns a pointer to it.
@@ -782,6 +987,8 @@ class VirtualWorker(BaseWorker):
         >>> x = alice.register(torch.tensor([1.0, 2.0]), tags=["#ages"])
         >>> (x * 2).get()
         tensor([2., 4.])
+        >>> [p.tags for p in alice.search("#ages")]
+        [('#ages',)]
         """
         from bastion.pointer import PointerTensor
         from bastion.transports.memory import isolate
@@ -789,11 +996,13 @@ class VirtualWorker(BaseWorker):
         self._flush_deletes()
         obj_id = self._worker.register(
             isolate(value) if isinstance(value, torch.Tensor) else value, private=private,
-            owner=self._connection.peer if private else None, tags=tags, policy=policy,
+            owner=self._connection.peer if private else None, tags=tags, description=description,
+            policy=policy,
         )
         pointer = PointerTensor._make(self, _spec(obj_id, self._worker.store.get(obj_id)),
                                       leaf=True)  # fmt: skip
-        pointer.__dict__["garbage_collect_data"] = False
+        pointer.__dict__.update(garbage_collect_data=False, _tags=normalize_tags(tags),
+                                _description=description)  # fmt: skip
         return pointer
 
     def set_release_policy(

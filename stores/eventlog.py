@@ -471,12 +471,18 @@ class EventLog:
             query = query.where(t.seq >= since)
         if until is not None:
             query = query.where(t.seq <= until)
-        query = query.order_by(t.seq).limit(limit)
+        # By object: SQLite would walk the primary key in seq order rather than use the object
+        # index if asked for ORDER BY seq; one object's events are few, so sort them here.
+        by_object = object_id is not None
+        if not by_object:
+            query = query.order_by(t.seq).limit(limit)
         try:
             with self._read_lock, self._engine.connect() as conn:
                 rows = conn.execute(query).all()
         except SQLAlchemyError as exc:
             raise EventLogError(f"cannot read events from {self._safe_url()}: {exc}") from exc
+        if by_object:
+            rows = sorted(rows, key=lambda row: row.seq)[:limit]
         return [_event(row) for row in rows]
 
     def close(self) -> None:

@@ -9,8 +9,8 @@ import pkgutil
 import pytest
 import torch
 
-PACKAGES = ("bastion", "bastion.transports", "bastion.stores", "bastion.plugins",
-            "bastion.federated")
+PACKAGES = ("bastion", "bastion.audit", "bastion.transports", "bastion.stores",
+            "bastion.plugins", "bastion.federated")
 
 
 def _modules() -> list[str]:

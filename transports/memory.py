@@ -58,16 +58,16 @@ def isolate(value: Any) -> Any:
 def _isolate_message(message: Any) -> Any:
     kind = type(message)
     if kind is Create:
-        return Create(isolate(message.value), message.obj_id, message.origin)
+        return Create(isolate(message.value), message.obj_id, message.origin, message.tags,
+                      message.description)  # fmt: skip
     if kind is RunOp:
         args, kwargs = isolate(message.args), isolate(message.kwargs)
         if args is message.args and kwargs is message.kwargs:
             return message
         return RunOp(message.op, args, kwargs, message.grad_enabled)
     if kind is CallFunction:
-        return CallFunction(
-            message.code, isolate(message.args), isolate(message.kwargs), message.grad_enabled
-        )
+        return CallFunction(message.code, isolate(message.args), isolate(message.kwargs),
+                            message.grad_enabled, message.return_value)  # fmt: skip
     return message
 
 

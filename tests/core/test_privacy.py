@@ -60,13 +60,50 @@ def test_non_private_registration_with_tags(m1):
     assert torch.equal(pointer_to(eve, x.id_at_location).get(), torch.ones(2))
 
 
+def test_registered_data_is_found_by_search_and_stays_private(make_worker):
+    """Tags given at registration are what ``search`` matches, on any transport; what a
+    search returns is computed on, not fetched."""
+    owner = make_worker()
+    x = owner.register(torch.arange(4.0), tags=["#ages", "#train"], description="ages")
+    owner.register(torch.zeros(1), private=False, tags=["#ages"])
+    eve = as_peer(owner, "eve")
+    (found,) = eve.search("#ages", "#train")
+    assert found.id_at_location == x.id_at_location
+    assert (found.tags, found.description) == (("#ages", "#train"), "ages")
+    assert len(eve.search("#ages")) == 2
+    with pytest.raises(sy.PermissionDenied):
+        found.get()
+    mine = eve.send(torch.ones(4))
+    mine.add_(found)  # an in-place write keeps the written object's tags, and taints it
+    assert len(eve.search("#ages")) == 2
+    with pytest.raises(sy.PermissionDenied):
+        mine.get()
+    found.tag("#more")  # a peer may tag it; it stays its owner's, and private
+    with pytest.raises(sy.PermissionDenied):
+        found.get()
+    assert owner._worker.privacy.sources[x.id_at_location].owner == "me"
+
+
+def test_a_federated_dataset_of_private_shards_is_found_by_its_tags(m1, m2):
+    for worker, n in ((m1, 3), (m2, 5)):
+        worker.register(torch.randn(n, 2), tags=["#toy", "#data"])
+        worker.register(torch.zeros(n, dtype=torch.long), tags=["#toy", "#target"])
+    peers = [as_peer(m1, "eve"), as_peer(m2, "eve")]
+    fd = sy.FederatedDataset.search(peers, "#toy")
+    assert fd.sizes == {m1.id: 3, m2.id: 5}
+    with pytest.raises(sy.PermissionDenied):
+        fd[m2.id].data.get()
+
+
 def test_bad_registrations_and_policies_are_clear_errors(m1):
     with pytest.raises(sy.SerializationError, match="tensor"):
         m1.register([1, 2])
     with pytest.raises(sy.ConfigurationError, match="private=True"):
         m1.register(torch.ones(1), private=False, policy="allow")
-    with pytest.raises(sy.ConfigurationError, match="tags"):
+    with pytest.raises(sy.ConfigurationError, match="a tag is a non-empty string"):
         m1.register(torch.ones(1), tags=[""])
+    with pytest.raises(sy.ConfigurationError, match="description"):
+        m1.register(torch.ones(1), description=3)
     with pytest.raises(sy.ConfigurationError, match="release policy"):
         as_policy("maybe")
     with pytest.raises(sy.ConfigurationError, match="noise_multiplier"):

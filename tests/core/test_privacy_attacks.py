@@ -148,6 +148,41 @@ def test_shipped_function_with_allow_code(make_scene):
     refused(scene, lambda: scene.eve._request(Get(spec.id)))
 
 
+def test_call_returning_the_value_directly(make_scene):
+    """``worker.call`` brings a shipped function's value back in the same reply: it leaves
+    only through the release policy, whatever shape it has."""
+    scene = make_scene(allow_code=True)
+    refused(scene, lambda: scene.eve.call(_steal, scene.x), request="call")
+    refused(scene, lambda: scene.eve.call(lambda t: {"w": t * 1, "n": 3}, scene.x),
+            request="call")  # fmt: skip
+    refused(scene, lambda: scene.eve.call(lambda: 42), request="call")  # naming nothing
+    mine = scene.eve.send(torch.zeros(2, 3))
+    refused(scene, lambda: scene.eve.call(lambda t, m: m.copy_(t).sum(), scene.x, mine),
+            request="call")  # fmt: skip
+    refused(scene, mine.get)  # what the code wrote into stays derived
+    assert not [e for e in scene.worker.log.events(kind="get") if e.origin == "call"]
+
+
+def test_call_value_under_allow_and_dp(make_scene):
+    scene = make_scene(allow_code=True)
+    scene.worker.set_release_policy("allow")
+    value = scene.eve.call(lambda t: {"w": t * 2}, scene.x)
+    assert torch.equal(value["w"], DATA * 2)
+    (release,) = scene.worker.log.events(kind="release")
+    assert (release.peer, release.detail["request"]) == ("eve", "call")
+    assert release.detail["mechanism"] == "allow" and release.detail["sources"] == [scene.obj_id]
+    scene.worker.set_release_policy(sy.DP(noise_multiplier=1.0, clip=1.0),
+                                    budget=sy.Budget(epsilon=20.0, delta=1e-5))  # fmt: skip
+    value = scene.eve.call(lambda t: {"w": t * 2, "n": t.numel()}, scene.x)
+    assert value["w"].shape == DATA.shape and isinstance(value["n"], float)
+    assert not torch.allclose(value["w"], DATA * 2, atol=0.1), "clipped to norm 1, noised"
+    release = scene.worker.log.events(kind="release")[-1]
+    assert release.detail["mechanism"] == "gaussian" and release.detail["request"] == "call"
+    got = [e for e in scene.worker.log.events(kind="get") if e.origin == "call"]
+    assert got[-1].digest == release.digest and got[-1].detail == {"released": "dp"}
+    assert scene.eve.privacy_budget().releases == 1
+
+
 def test_errors_on_private_data_withhold_their_message(make_scene):
     scene = make_scene(allow_code=True)
 

@@ -36,6 +36,8 @@ from bastion.messages import (
     Ref,
     Reply,
     RunOp,
+    Search,
+    Tag,
     TensorSpec,
 )
 from bastion.serde import HEADER, MAGIC, Limits, decode, decode_parts, encode, encode_bytes
@@ -208,6 +210,11 @@ RECORD_EXAMPLES = [
     RunOp("Tensor.__add__", (Ref(5), Ref(6)), {}, True),
     RunOp("torch.sum", (Ref(1),), {"dim": (0, 1), "dtype": torch.float64}, False),
     CallFunction(b"\x80\x05cloudpickled", (Ref(1), 2), {"k": [3]}),
+    CallFunction(b"code", ({"w": torch.ones(2)},), {}, True, True),
+    Create(value=torch.ones(1), tags=("#digits", "#train"), description="shard 1 of 10"),
+    Tag(obj_id=3, tags=("#digits",), description=None),
+    Search(tags=("#digits", "#train")),
+    Reply(value=[(TensorSpec(1, (2,), torch.float32), ["#a"], "why")]),
     ListObjects(),
     BudgetQuery(),
     Reply(value={1: TensorSpec(1, (), torch.int64), 2: ObjectSpec(2, "int")}),
