@@ -47,18 +47,30 @@ def demo(ctx: click.Context, serialize: bool) -> None:
               help="Split the data at random, or by label (non-IID).")
 @click.option("--strategy", type=click.Choice(["fedavg", "fedprox", "fedadam"]),
               default="fedavg", show_default=True)
+@click.option("--dp", is_flag=True, help="DP-FedAvg on data its owners registered private.")
+@click.option("--dp-side", type=click.Choice(["server", "client"]), default="server",
+              show_default=True, help="Noise on the aggregate (owners allow clipped updates "
+              "out), or on each worker (owners require DP).")
+@click.option("--noise-multiplier", default=1.0, show_default=True, type=float)
+@click.option("--clip", default=0.3, show_default=True, type=float,
+              help="L2 bound of each client's update.")
+@click.option("--target-epsilon", default=None, type=float,
+              help="Stop before a round would pass this epsilon.")
 def federated(rounds: int, n_workers: int, transport: str, style: str, split: str,
-              strategy: str) -> None:  # fmt: skip
-    """FedAvg on scikit-learn's digits across workers, printing each round's accuracy."""
-    from bastion.federated import FedAdam, FedAvg, FedProx
-    from bastion.federated.digits import digits_workers, run_digits
+              strategy: str, dp: bool, dp_side: str, noise_multiplier: float, clip: float,
+              target_epsilon: float | None) -> None:  # fmt: skip
+    """FedAvg on scikit-learn's digits across workers, printing each round's accuracy (and
+    with --dp the epsilon spent)."""
+    from bastion.errors import BastionError
+    from bastion.federated.demo import run_federated_demo
 
-    chosen = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}[strategy]()
-    click.echo(f"digits: {n_workers} {transport} workers, {style} way, {split} split, {chosen!r}")
-    with digits_workers(n_workers, transport) as workers:
-        history = run_digits(workers, rounds=rounds, style=style, split=split, strategy=chosen,
-                             progress=False, echo=click.echo)  # fmt: skip
-    click.echo(f"final accuracy {history[-1].accuracy:.4f} after {len(history)} rounds")
+    try:
+        run_federated_demo(rounds=rounds, n_workers=n_workers, transport=transport, style=style,
+                           split=split, strategy=strategy, dp=dp, dp_side=dp_side,
+                           noise_multiplier=noise_multiplier, clip=clip,
+                           target_epsilon=target_epsilon, echo=click.echo)  # fmt: skip
+    except BastionError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()

@@ -365,10 +365,13 @@ class PrivacyGuard:
         budget = self.budget
         spent = accountant.epsilon(budget.delta) if budget is not None else 0.0
         left = None if budget is None else max(budget.epsilon - spent, 0.0)
+        policy = None  # what a shipped function's value leaves under (see call_taint)
+        if self.sources and not self.owns(peer, self.sources):
+            policy = self.policy_for(frozenset(self.sources))[0].to_json()
         return BudgetReport(peer, None if budget is None else budget.epsilon,
                             None if budget is None else budget.delta, spent, left,
                             sum(steps for _, _, steps in accountant.history),
-                            accountant.mechanism)  # fmt: skip
+                            accountant.mechanism, policy)  # fmt: skip
 
     # ------------------------------------------------------------------ restart
 

@@ -183,7 +183,10 @@ class BudgetReport:
 
     ``epsilon`` and ``delta`` are the budget (``None`` when the worker sets none), ``spent``
     the epsilon spent so far at that delta, ``left`` what remains, ``releases`` how many DP
-    releases were made to this peer.
+    releases were made to this peer. ``policy`` is the release policy a value computed by
+    this peer's shipped code would leave under (``{"kind": "dp", "noise_multiplier": ...,
+    "clip": ...}``, ``{"kind": "allow"}``...; ``None`` when no private data stands in the
+    way): a federated trainer reads it to know whether updates leave noised by the worker.
     """
 
     peer: str
@@ -193,6 +196,7 @@ class BudgetReport:
     left: float | None
     releases: int
     accountant: str = "rdp"
+    policy: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------- accountant

@@ -5,7 +5,9 @@
 - Training: ``FederatedTrainer`` runs rounds the fast way (one shipped function call per
   worker) or the PySyft way (pointers), with a ``Strategy``: ``FedAvg``, ``FedProx``,
   ``FedAdam``.
-- Privacy: PATE analysis (``perform_analysis``, :mod:`bastion.federated.pate`).
+- Privacy: ``DPFedAvg`` (clipped, noised updates, client-level epsilon per round),
+  ``DPSGD`` (DP-SGD on the workers), ``PrivacyBudgetSpent``; PATE analysis
+  (``perform_analysis``, :mod:`bastion.federated.pate`).
 
 >>> import torch, bastion as sy
 >>> from bastion.federated import FedAvg, FederatedTrainer
@@ -30,6 +32,7 @@ from bastion.federated.datasets import (
 )
 from bastion.federated.loader import FederatedDataLoader
 from bastion.federated.pate import PateAnalysis, perform_analysis
+from bastion.federated.privacy import DPSGD, DPFedAvg, PrivacyBudgetSpent, clip_update
 from bastion.federated.strategies import ClientUpdate, FedAdam, FedAvg, FedProx, State, Strategy
 from bastion.federated.trainer import (
     FederatedError,
@@ -43,6 +46,8 @@ from bastion.federated.training import LocalTraining, train_with_pointers
 __all__ = [
     "BaseDataset",
     "ClientUpdate",
+    "DPFedAvg",
+    "DPSGD",
     "FedAdam",
     "FedAvg",
     "FedProx",
@@ -53,10 +58,12 @@ __all__ = [
     "History",
     "LocalTraining",
     "PateAnalysis",
+    "PrivacyBudgetSpent",
     "RoundMetrics",
     "State",
     "Strategy",
     "WorkerDropped",
+    "clip_update",
     "even_shards",
     "iid_shards",
     "label_shards",

@@ -7,6 +7,11 @@ MLP 64-64-10 trained with SGD (lr 0.1, batch 32, one local epoch per round).
 ``reference_fedavg`` is the same FedAvg written in plain PyTorch in one process, without
 bastion: the baseline of the benchmark and of the test that both reach the same accuracy.
 
+``private_digits`` plays the data owners instead: each worker's shard is registered
+*private* under a release policy, and the data scientist, connected under a peer id of her
+own, finds it by its tags; ``run_digits(..., data=...)`` trains on that (with ``DPFedAvg``
+for differential privacy: ``bastion demo federated --dp``).
+
 >>> x_train, y_train, x_test, y_test = load_digits_data()
 >>> tuple(x_train.shape), tuple(x_test.shape), x_train.dtype
 ((1437, 64), (360, 64), torch.float32)
@@ -24,16 +29,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bastion.errors import ConfigurationError
-from bastion.federated.datasets import BaseDataset, iid_shards, label_shards
+from bastion.federated.datasets import (
+    DATA_TAG,
+    TARGET_TAG,
+    BaseDataset,
+    FederatedDataset,
+    iid_shards,
+    label_shards,
+)
+from bastion.federated.privacy import DPSGD, PrivacyBudgetSpent
 from bastion.federated.strategies import FedAvg, Strategy
-from bastion.federated.trainer import FederatedTrainer, History
-from bastion.worker import BaseWorker, VirtualWorker
+from bastion.federated.trainer import FederatedTrainer, History, RoundMetrics
+from bastion.privacy import Budget, ReleasePolicy
+from bastion.worker import BaseWorker, VirtualWorker, Worker
 
 __all__ = [
     "digits_model",
     "digits_workers",
     "load_digits_data",
+    "private_digits",
     "reference_fedavg",
+    "round_line",
     "run_digits",
     "shards",
 ]
@@ -108,6 +124,71 @@ def digits_workers(n: int, transport: str = "memory", *, allow_code: bool = True
             worker.close()
 
 
+@contextlib.contextmanager
+def private_digits(
+    n: int,
+    transport: str = "memory",
+    *,
+    policy: ReleasePolicy | str = "allow",
+    budget: Budget | None = None,
+    split: str = "iid",
+    seed: int = 0,
+    peer: str = "scientist",
+) -> Iterator[tuple[list[Worker], FederatedDataset]]:
+    """``n`` data owners' workers, each holding its shard of the training digits registered
+    private (tags ``#digits`` and ``#data`` / ``#target``) under the release ``policy`` and
+    ``budget``; yields ``(the owners' workers, the FederatedDataset that a data scientist
+    connected as peer ``peer`` finds by searching #digits)``.
+
+    ``transport``: workers in this process (``"memory"``), or served here over ``"tcp"``
+    (the owner registers in the serving process; the scientist connects over the socket).
+    """
+    from bastion.remote import connect, serve
+
+    x_train, y_train, _, _ = load_digits_data()
+    owners: list[Worker] = []
+    closers: list[Callable[[], object]] = []
+    key = os.urandom(16).hex()
+    try:
+        peers = []
+        for i, index in enumerate(shards(y_train, n, split, seed)):
+            name = f"owner-{i}-{os.getpid()}"
+            if transport == "memory":
+                handle = VirtualWorker(id=name, allow_code=True)
+                closers.append(handle.close)
+                worker, address, options = handle._worker, handle.address, {}
+            elif transport == "tcp":
+                served = serve("tcp://127.0.0.1:0", id=name, authkey=key, allow_code=True)
+                closers.append(served.close)
+                worker, address, options = served.worker, served.address, {"authkey": key}
+            else:
+                raise ConfigurationError(f"transport is 'memory' or 'tcp', not {transport!r}")
+            about = "scikit-learn digits, 8x8 images, standardized"
+            worker.register(x_train[index], tags=["#digits", DATA_TAG], description=about)
+            worker.register(y_train[index], tags=["#digits", TARGET_TAG], description=about)
+            worker.set_release_policy(policy, budget=budget)
+            owners.append(worker)
+            peers.append(connect(address, peer=peer, **options))
+            closers.insert(0, peers[-1].close)
+        yield owners, FederatedDataset.search(peers, "#digits")
+    finally:
+        for close in closers:
+            close()
+
+
+def round_line(metrics: RoundMetrics) -> str:
+    """One line for one round: loss (when it left the workers), accuracy, epsilon, time."""
+    line = f"round {metrics.round:3d}"
+    if metrics.loss == metrics.loss:  # not NaN: under DP no loss leaves the workers
+        line += f"  loss {metrics.loss:.4f}"
+    line += f"  accuracy {metrics.accuracy:.4f}"
+    if metrics.epsilon is not None:
+        line += f"  epsilon {metrics.epsilon:7.3f} (delta {metrics.delta:g})"
+    if metrics.record_epsilon is not None:
+        line += f"  DP-SGD epsilon {metrics.record_epsilon:7.3f}"
+    return line + f"  {metrics.seconds * 1e3:7.1f} ms"
+
+
 def run_digits(
     workers: Sequence[BaseWorker],
     *,
@@ -118,24 +199,35 @@ def run_digits(
     seed: int = 0,
     progress: bool | None = None,
     echo: Callable[[str], object] | None = None,
+    data: FederatedDataset | None = None,
+    dp_sgd: DPSGD | None = None,
 ) -> History:
-    """Federate the digits over ``workers`` and train; ``echo`` gets one line per round."""
+    """Federate the digits over ``workers`` and train; ``echo`` gets one line per round.
+
+    With ``data`` (the owners' private shards, from ``private_digits``) ``workers`` is not
+    used. The training stops early when a privacy budget is spent (see the trainer).
+    """
     x_train, y_train, x_test, y_test = load_digits_data()
-    fd = BaseDataset(x_train, y_train).federate(
-        workers, shards=shards(y_train, len(workers), split, seed), tags=["#digits"],
-        description="scikit-learn digits, 8x8 images, standardized",
-    )  # fmt: skip
+    if data is None:
+        data = BaseDataset(x_train, y_train).federate(
+            workers, shards=shards(y_train, len(workers), split, seed), tags=["#digits"],
+            description="scikit-learn digits, 8x8 images, standardized",
+        )  # fmt: skip
     trainer = FederatedTrainer(
-        digits_model(seed), fd, strategy or FedAvg(), rounds=rounds, local_epochs=1,
+        digits_model(seed), data, strategy or FedAvg(), rounds=rounds, local_epochs=1,
         batch_size=BATCH_SIZE, lr=LR, style=style, eval_data=(x_test, y_test),
-        progress=progress, seed=seed,
+        progress=progress, seed=seed, dp_sgd=dp_sgd,
     )  # fmt: skip
     with trainer:
         for _ in range(rounds):
-            metrics = trainer.round()
+            try:
+                metrics = trainer.round()
+            except PrivacyBudgetSpent as exc:
+                if echo is not None:
+                    echo(f"stopped: {exc}")
+                break
             if echo is not None:
-                echo(f"round {metrics.round:3d}  loss {metrics.loss:.4f}  accuracy "
-                     f"{metrics.accuracy:.4f}  {metrics.seconds * 1e3:7.1f} ms")  # fmt: skip
+                echo(round_line(metrics))
     return trainer.history
 
 

@@ -11,6 +11,8 @@ differential privacy: clip each update, add noise) overrides one method and noth
   then ``apply`` it to the global state (FedAvg: add it; FedAdam: an Adam step).
 
 ``local_penalty(model, global_state)`` is added to each local loss (FedProx's proximal term).
+``begin_round`` and ``privacy_spent`` let a strategy with differential privacy refuse a round
+past its budget and report what it spent (``DPFedAvg`` in :mod:`bastion.federated.privacy`).
 
 >>> import torch
 >>> from bastion.federated import ClientUpdate, FedAvg
@@ -70,6 +72,14 @@ class Strategy:
         return {name: local_state[name] - value for name, value in global_state.items()}
 
     # ------------------------------------------------------------------ server side
+
+    def begin_round(self, number: int, workers: Sequence[str]) -> None:
+        """Called before round ``number`` asks ``workers``; may refuse it by raising (DP:
+        a round past the privacy budget)."""
+
+    def privacy_spent(self) -> tuple[float, float] | None:
+        """``(epsilon, delta)`` spent by the rounds so far; None for a strategy without DP."""
+        return None
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
         """The next global state from this round's updates."""

@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import concurrent.futures as futures
+import math
 import sys
 import time
 import warnings
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from bastion.errors import BastionError, ConfigurationError
 from bastion.federated.datasets import BaseDataset, FederatedDataset
+from bastion.federated.privacy import DPSGD, DPFedAvg, PrivacyBudgetSpent
 from bastion.federated.strategies import ClientUpdate, FedAvg, State, Strategy
 from bastion.federated.training import (
     LocalTraining,
@@ -46,6 +48,7 @@ from bastion.federated.training import (
 )
 from bastion.logs import get_logger
 from bastion.pointer import PointerTensor
+from bastion.privacy import Accountant
 from bastion.worker import BaseWorker
 
 __all__ = ["FederatedError", "FederatedTrainer", "History", "RoundMetrics", "WorkerDropped"]
@@ -70,6 +73,12 @@ class RoundMetrics:
     ``train_accuracy``: the clients' accuracy on the batches they trained on, measured only
     without ``eval_data`` (where it is the only accuracy) and for classifiers. Bytes: the
     tensor payload sent to and received from the workers (and the shipped function).
+
+    Under differential privacy only updates leave the workers: ``loss`` is NaN (the loss on
+    private data would leave without noise). ``epsilon`` at ``delta`` is what a ``DPFedAvg``
+    strategy has spent after this round (each client's data the unit), ``record_epsilon``
+    what ``DPSGD`` has spent on the worker that spent most (each record the unit, at
+    ``DPSGD.delta``); None without them.
     """
 
     round: int
@@ -82,6 +91,9 @@ class RoundMetrics:
     seconds: float
     workers: tuple[str, ...]
     dropped: tuple[str, ...]
+    epsilon: float | None = None
+    delta: float | None = None
+    record_epsilon: float | None = None
 
 
 class History:
@@ -122,6 +134,27 @@ def _nbytes(state: State) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
+def _check_privacy(strategy: Strategy, dp_sgd: DPSGD | None, style: str) -> None:
+    if isinstance(strategy, DPFedAvg) and strategy.side == "client" and style != "fast":
+        raise ConfigurationError(
+            "DPFedAvg(side='client') needs style='fast': the noise must be added on the "
+            "worker, before the update leaves it (the pointer way brings the model back first)"
+        )
+    if dp_sgd is None:
+        return
+    if not isinstance(dp_sgd, DPSGD):
+        raise ConfigurationError(f"dp_sgd is a DPSGD(noise_multiplier, max_grad_norm), "
+                                 f"not {dp_sgd!r}")  # fmt: skip
+    if style != "fast":
+        raise ConfigurationError("DP-SGD runs on the workers: use style='fast'")
+    inner = strategy.strategy if isinstance(strategy, DPFedAvg) else strategy
+    if type(inner).local_penalty is not Strategy.local_penalty and getattr(inner, "mu", 0):
+        raise ConfigurationError(
+            f"DP-SGD trains without a local penalty ({inner.name}'s term would bypass the "
+            "per-example clipping); use FedAvg or FedAdam"
+        )
+
+
 class FederatedTrainer:
     """Train ``model`` by federated rounds over the data on ``workers``.
 
@@ -139,6 +172,12 @@ class FederatedTrainer:
       a timeout is only enforced then.
     - ``progress``: a progress bar (rich) on standard error (default: when it is a terminal).
     - ``seed``: fixes each worker's batch order in each round.
+    - Privacy: a ``DPFedAvg`` strategy (client-level DP) and ``dp_sgd=DPSGD(...)``
+      (record-level DP-SGD on the workers); ``fit`` stops before a round that would pass
+      their ``target_epsilon`` (``stopped`` says why). Workers holding private data are
+      asked their release policy at the first round: ``deny`` stops the training
+      (``FederatedError``); ``DP`` (the worker noises what leaves) needs
+      ``DPFedAvg(side="client")`` with the same noise multiplier and clip.
     """
 
     def __init__(
@@ -161,6 +200,7 @@ class FederatedTrainer:
         parallel: bool | None = None,
         progress: bool | None = None,
         seed: int = 0,
+        dp_sgd: DPSGD | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"the model is an nn.Module, got {type(model).__name__}")
@@ -172,6 +212,8 @@ class FederatedTrainer:
                              ("batch_size", batch_size), ("min_workers", min_workers)):  # fmt: skip
             if not isinstance(value, int) or value < (0 if label == "rounds" else 1):
                 raise ConfigurationError(f"{label} must be a positive int, got {value!r}")
+        strategy = strategy if strategy is not None else FedAvg()
+        _check_privacy(strategy, dp_sgd, style)
         if isinstance(workers, FederatedDataset):
             data = workers
         else:
@@ -183,7 +225,12 @@ class FederatedTrainer:
             data = FederatedDataset.search(list(workers), *tags)
         self.model = model
         self.data = data
-        self.strategy = strategy if strategy is not None else FedAvg()
+        self.strategy = strategy
+        self.dp_sgd = dp_sgd
+        #: only updates leave the workers (no loss or counts)
+        self.private = isinstance(strategy, DPFedAvg) or dp_sgd is not None
+        #: why ``fit`` stopped early (a privacy budget), or None
+        self.stopped: str | None = None
         self.rounds = rounds
         self.local_epochs = local_epochs
         self.batch_size = batch_size
@@ -204,6 +251,9 @@ class FederatedTrainer:
         self._flat_global: dict[str, torch.Tensor] = {}
         self._pool: futures.ThreadPoolExecutor | None = None
         self._busy: dict[str, futures.Future] = {}
+        #: per worker (once known): whether its release policy adds the DP noise itself
+        self._noised: dict[str, bool] = {}
+        self._record_accountants: dict[str, Accountant] = {}
 
     # ------------------------------------------------------------------ running
 
@@ -212,7 +262,8 @@ class FederatedTrainer:
         rounds = self.rounds if rounds is None else rounds
         if not self.progress:
             for _ in range(rounds):
-                self.round()
+                if self._stop_round() is None:
+                    break
             return self.history
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -222,12 +273,26 @@ class FederatedTrainer:
         with Progress(*columns, console=Console(stderr=True)) as bar:
             task = bar.add_task(f"{self.strategy.name} ({self.style})", total=rounds, shown="")
             for _ in range(rounds):
-                metrics = self.round()
-                shown = f"loss {metrics.loss:.4f}"
+                metrics = self._stop_round()
+                if metrics is None:
+                    break
+                shown = "" if math.isnan(metrics.loss) else f"loss {metrics.loss:.4f}"
                 if metrics.accuracy is not None:
                     shown += f"  accuracy {metrics.accuracy:.4f}"
-                bar.update(task, advance=1, shown=shown)
+                if metrics.epsilon is not None:
+                    shown += f"  epsilon {metrics.epsilon:.3g}"
+                bar.update(task, advance=1, shown=shown.strip())
         return self.history
+
+    def _stop_round(self) -> RoundMetrics | None:
+        """One round, or None when the privacy budget stops the training."""
+        try:
+            return self.round()
+        except PrivacyBudgetSpent as exc:
+            self.stopped = str(exc)
+            log.warning("training stopped: privacy budget", why=self.stopped,
+                        rounds=len(self.history))  # fmt: skip
+            return None
 
     def round(self) -> RoundMetrics:
         """Run one round and return its metrics (also appended to ``history``)."""
@@ -238,6 +303,8 @@ class FederatedTrainer:
             self._shipped()
             self._flat_global = self._training.layout.flatten(global_state)
         jobs = self._jobs(number)
+        self.strategy.begin_round(number, list(jobs))  # may refuse: past the budget
+        self._check_record_budget(number)
         updates, dropped = self._collect(number, jobs)
         if len(updates) < self.min_workers:
             raise FederatedError(
@@ -246,10 +313,11 @@ class FederatedTrainer:
             )
         new_state = self.strategy.aggregate(global_state, updates)
         self.model.load_state_dict(new_state)
+        self._account_records(updates)
         metrics = self._metrics(number, updates, dropped, global_state, start)
         self.history.append(metrics)
         log.info("round done", round=number, loss=metrics.loss, accuracy=metrics.accuracy,
-                 workers=len(updates), dropped=len(dropped))  # fmt: skip
+                 epsilon=metrics.epsilon, workers=len(updates), dropped=len(dropped))  # fmt: skip
         return metrics
 
     def close(self) -> None:
@@ -262,11 +330,17 @@ class FederatedTrainer:
 
     def _job(self, number: int, index: int, dataset: BaseDataset) -> tuple[State, dict[str, float]]:
         seed = self.seed * 1_000_003 + number * 1009 + index
+        worker = dataset.location
+        noised = self._noised.get(worker.id)
+        if noised is None:  # the first time: under which release policy may updates leave?
+            noised = self._noised[worker.id] = self._release_policy(worker)
         if self.style == "fast":
             code = self._shipped()
-            flat, metrics = dataset.location.call(
-                code, dataset.data, dataset.targets, self._flat_global, seed
-            )
+            reply = worker.call(code, dataset.data, dataset.targets, self._flat_global, seed,
+                                noise=not noised)  # fmt: skip
+            if self.private:  # the update alone left the worker
+                reply = (reply, {"samples": len(dataset)})
+            flat, metrics = reply
             return self._training.layout.unflatten(flat), metrics
         with torch.enable_grad():
             return self._pointer_job(dataset, seed)
@@ -284,9 +358,67 @@ class FederatedTrainer:
             self._training = LocalTraining(
                 self.model, self.strategy, batch_size=self.batch_size, epochs=self.local_epochs,
                 loss_fn=self.loss_fn, optimizer=self.optimizer, accuracy=self.eval_data is None,
+                private=self.private, dp_sgd=self.dp_sgd,
             )  # fmt: skip
             self._code = cloudpickle.dumps(self._training)
         return self._code
+
+    # ------------------------------------------------------------------ privacy
+
+    def _release_policy(self, worker: BaseWorker) -> bool:
+        """Ask ``worker`` under which release policy an update would leave it: True when it
+        adds the DP noise itself. What cannot work raises (the worker is left out): ``deny``,
+        and ``dp`` without a client-side ``DPFedAvg`` of the same noise multiplier and clip."""
+        policy = worker.privacy_budget().policy
+        kind = None if policy is None else policy.get("kind")
+        if kind in (None, "allow"):
+            return False
+        if kind != "dp":
+            raise FederatedError(
+                f"worker {worker.id} holds private data and its release policy is {kind}: no "
+                "update may leave it. Its owner decides: allow updates to leave (each release "
+                "audited) or require differential privacy"
+            )
+        strategy = self.strategy
+        if not (isinstance(strategy, DPFedAvg) and strategy.side == "client"
+                and strategy.noise_multiplier == policy["noise_multiplier"]
+                and strategy.clip == policy["clip"]) or self.style != "fast":  # fmt: skip
+            raise FederatedError(
+                f"worker {worker.id} releases updates only with differential-privacy noise of "
+                f"its own; train with DPFedAvg(noise_multiplier={policy['noise_multiplier']:g}, "
+                f"clip={policy['clip']:g}, side='client') the fast way, so that each update "
+                "leaves once, noised, and the epsilon is accounted as the worker does"
+            )
+        return True
+
+    def _check_record_budget(self, number: int) -> None:
+        dp = self.dp_sgd
+        if dp is None or dp.target_epsilon is None:
+            return
+        for worker_id, size in self.data.sizes.items():
+            rate, steps = dp.steps(size, self.batch_size, self.local_epochs)
+            accountant = self._record_accountants.get(worker_id, Accountant())
+            after = accountant.epsilon_after(
+                noise_multiplier=dp.noise_multiplier, sample_rate=rate, steps=steps,
+                delta=dp.delta,
+            )
+            if after > dp.target_epsilon:
+                raise PrivacyBudgetSpent(
+                    f"round {number} of DP-SGD would bring worker {worker_id}'s epsilon to "
+                    f"{after:.4g}, past the target {dp.target_epsilon:g} (delta {dp.delta:g}); "
+                    "the model keeps the last round's weights"
+                )
+
+    def _account_records(self, updates: list[ClientUpdate]) -> None:
+        dp = self.dp_sgd
+        if dp is None:
+            return
+        for update in updates:
+            rate, steps = dp.steps(self.data.sizes[update.worker], self.batch_size,
+                                   self.local_epochs)  # fmt: skip
+            self._record_accountants.setdefault(update.worker, Accountant()).step(
+                noise_multiplier=dp.noise_multiplier, sample_rate=rate, steps=steps
+            )
 
     def _jobs(self, number: int) -> dict[str, Callable[[], Any]]:
         return {
@@ -338,10 +470,11 @@ class FederatedTrainer:
 
     def _metrics(self, number: int, updates: list[ClientUpdate], dropped: dict[str, str],
                  global_state: State, start: float) -> RoundMetrics:  # fmt: skip
-        seen = sum(u.metrics["seen"] for u in updates)
-        loss = sum(u.metrics["loss"] * u.metrics["seen"] for u in updates) / max(seen, 1)
+        seen = sum(u.metrics.get("seen", 0) for u in updates)
+        loss = sum(u.metrics["loss"] * u.metrics["seen"] for u in updates) / seen if seen \
+            else math.nan  # fmt: skip
         train_accuracy = None
-        if all("correct" in u.metrics for u in updates):
+        if seen and all("correct" in u.metrics for u in updates):
             train_accuracy = sum(u.metrics["correct"] for u in updates) / max(seen, 1)
         accuracy = eval_loss = None
         if self.eval_data is not None:
@@ -354,11 +487,17 @@ class FederatedTrainer:
         received = sum(_nbytes(u.delta) for u in updates)
         if self.style == "pointers":  # weights and gradients come back with the model
             received *= 2
+        spent = self.strategy.privacy_spent()
+        record_epsilon = None
+        if self.dp_sgd is not None:
+            spent_by = [a.epsilon(self.dp_sgd.delta) for a in self._record_accountants.values()]
+            record_epsilon = max(spent_by, default=0.0)
         return RoundMetrics(
             round=number, loss=loss, accuracy=accuracy, eval_loss=eval_loss,
             train_accuracy=train_accuracy, bytes_sent=sent, bytes_received=received,
             seconds=time.perf_counter() - start, workers=tuple(u.worker for u in updates),
-            dropped=tuple(dropped),
+            dropped=tuple(dropped), epsilon=None if spent is None else spent[0],
+            delta=None if spent is None else spent[1], record_epsilon=record_epsilon,
         )  # fmt: skip
 
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:

@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bastion.federated.strategies import State, Strategy
+
+if TYPE_CHECKING:
+    from bastion.federated.privacy import DPSGD
 from bastion.modules import get_module, send_module
 
 __all__ = ["LocalTraining", "StateLayout", "default_optimizer", "train_with_pointers"]
@@ -109,6 +113,12 @@ class LocalTraining:
     are packed by ``layout``; the update comes from ``strategy.client_update``; metrics hold
     ``loss`` (mean over samples seen), ``seen`` and ``samples``, and with ``accuracy`` also
     ``correct`` (for classifiers: three more ops per batch, some 10% of a small step).
+
+    Under differential privacy (``private=True``) only the flat update is returned: the loss
+    and counts on private data would leave without noise. ``dp_sgd`` (a ``DPSGD``) trains
+    by DP-SGD (``opacus``'s ``PrivacyEngine``); ``noise=False`` in a call tells a
+    ``DPFedAvg`` client update to clip only, because the worker's release policy adds the
+    noise.
     """
 
     def __init__(
@@ -121,6 +131,8 @@ class LocalTraining:
         loss_fn: LossFn = F.cross_entropy,
         optimizer: OptimizerFactory | None = None,
         accuracy: bool = False,
+        private: bool = False,
+        dp_sgd: DPSGD | None = None,
     ) -> None:
         self.skeleton = copy.deepcopy(model)
         # The structure travels, not the weights (the state comes with every call); a model
@@ -135,6 +147,8 @@ class LocalTraining:
         self.loss_fn = loss_fn
         self.optimizer = optimizer or default_optimizer(0.01)
         self.accuracy = accuracy
+        self.private = private or dp_sgd is not None
+        self.dp_sgd = dp_sgd
         self._model: nn.Module | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -153,10 +167,21 @@ class LocalTraining:
         target: torch.Tensor,
         flat_state: dict[str, torch.Tensor],
         seed: int,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Train from the flat global state; return the flat update and the metrics."""
+        noise: bool = True,
+    ) -> Any:
+        """Train from the flat global state; return the flat update and the metrics (under
+        differential privacy, the flat update alone)."""
         with torch.enable_grad():  # whatever the caller's grad mode
-            return self._train(data, target, flat_state, seed)
+            return self._train(data, target, flat_state, seed, noise)
+
+    def _update(self, global_state: State, model: nn.Module, noise: bool) -> dict[str, Any]:
+        with torch.no_grad():
+            local_state = {name: value.detach() for name, value in model.state_dict().items()}
+            if noise:
+                update = self.strategy.client_update(global_state, local_state)
+            else:  # a DPFedAvg client update whose noise the worker adds
+                update = self.strategy.client_update(global_state, local_state, noise=False)
+            return self.layout.flatten(update)
 
     def _train(
         self,
@@ -164,12 +189,17 @@ class LocalTraining:
         target: torch.Tensor,
         flat_state: dict[str, torch.Tensor],
         seed: int,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        noise: bool,
+    ) -> Any:
         global_state = self.layout.unflatten(flat_state)
         model = self._local_model()
         with torch.no_grad():
             model.load_state_dict(global_state)
         model.train()
+        if self.dp_sgd is not None:
+            trained = _dp_sgd(model, data, target, self.dp_sgd, self.optimizer, self.loss_fn,
+                              self.batch_size, self.epochs)  # fmt: skip
+            return self._update(global_state, trained, noise)
         optimizer = self.optimizer(model.parameters())
         penalty = self.strategy.local_penalty
         losses, hits, sizes = [], [], []
@@ -188,14 +218,51 @@ class LocalTraining:
                 correct = _correct(output.detach(), y)
                 classifier = correct is not None
                 hits.append(correct)
-        with torch.no_grad():
-            local_state = {name: value.detach() for name, value in model.state_dict().items()}
-            update = self.layout.flatten(self.strategy.client_update(global_state, local_state))
+        update = self._update(global_state, model, noise)
+        if self.private:
+            return update
         seen = sum(sizes)
         metrics = {"loss": _mean_loss(losses, sizes), "seen": seen, "samples": len(data)}
         if classifier and seen:
             metrics["correct"] = int(torch.stack(hits).sum())
         return update, metrics
+
+
+def _dp_sgd(model: nn.Module, data: torch.Tensor, target: torch.Tensor, dp: DPSGD,
+            optimizer: OptimizerFactory, loss_fn: LossFn, batch_size: int,
+            epochs: int) -> nn.Module:  # fmt: skip
+    """``epochs`` of DP-SGD on a copy of ``model`` (``opacus``'s ``PrivacyEngine``: Poisson
+    batches of expected size ``batch_size``, per-example clipping, noise on every step from
+    a generator seeded by the operating system); returns the trained copy."""
+    import secrets
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    local = copy.deepcopy(model)
+    loader = DataLoader(TensorDataset(data, target), batch_size=batch_size)
+    with warnings.catch_warnings():  # the noise comes from an OS-seeded generator, below
+        warnings.filterwarnings("ignore", "Secure RNG turned off", UserWarning)
+        engine = PrivacyEngine(accountant="rdp")
+    noise = torch.Generator().manual_seed(secrets.randbits(63))
+    private, opt, batches = engine.make_private(
+        module=local, optimizer=optimizer(local.parameters()), data_loader=loader,
+        noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+        noise_generator=noise,
+    )  # fmt: skip
+    try:
+        with warnings.catch_warnings():  # hooks on a first layer whose input needs no grad
+            warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+            for _ in range(epochs):
+                for x, y in batches:
+                    if len(x) == 0:  # an empty Poisson batch: skipped (one release fewer)
+                        continue
+                    opt.zero_grad()
+                    loss_fn(private(x), y).backward()
+                    opt.step()
+    finally:
+        private._close()
+    return local
 
 
 def train_with_pointers(

@@ -224,6 +224,20 @@ def test_budgets_are_per_peer_and_total_epsilon_caps_them_all(m1):
 def test_a_worker_with_no_budget_reports_none(m1):
     report = m1.privacy_budget()
     assert (report.peer, report.epsilon, report.left, report.spent) == ("me", None, None, 0.0)
+    assert report.policy is None  # nothing private on it
+
+
+def test_a_peer_learns_the_policy_its_shipped_code_s_values_leave_under(make_worker):
+    owner = make_worker()
+    eve = as_peer(owner, "eve")
+    assert eve.privacy_budget().policy is None
+    owner.register(torch.ones(2), policy="allow")
+    assert eve.privacy_budget().policy == {"kind": "allow"}
+    assert owner.privacy_budget().policy is None  # the owner's own data: nothing applies
+    owner.register(torch.ones(2))  # under the worker's default: deny, the strictest
+    assert eve.privacy_budget().policy == {"kind": "deny"}
+    owner.set_release_policy(sy.DP(noise_multiplier=2.0, clip=0.5))
+    assert eve.privacy_budget().policy == {"kind": "dp", "noise_multiplier": 2.0, "clip": 0.5}
 
 
 # ------------------------------------------------------------------ restart
