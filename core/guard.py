@@ -281,8 +281,10 @@ class PrivacyGuard:
         return value, grad, digest
 
     def release(self, sources: frozenset[int], value: Any, peer: str, request: str,
-                obj_id: int | None = None) -> tuple[Any, str] | None:  # fmt: skip
-        """Let ``value``, derived from ``sources``, leave to ``peer`` as the policy says.
+                obj_id: int | None = None, digest: str | None = None,
+                ) -> tuple[Any, str] | None:  # fmt: skip
+        """Let ``value``, derived from ``sources``, leave to ``peer`` as the policy says
+        (``digest``: the value's, for the ``release`` event of an ``allow``).
 
         Returns None when it leaves as it is (``allow``: a ``release`` event), ``(noised
         value, digest)`` under ``dp`` (tensors and numbers in tuples, lists and dicts are
@@ -292,7 +294,8 @@ class PrivacyGuard:
             return None
         policy, why = self.policy_for(sources)
         if isinstance(policy, Allow):
-            self._record_release(obj_id, peer, request, sources, {"mechanism": "allow"})
+            self._record_release(obj_id, peer, request, sources, {"mechanism": "allow"},
+                                 digest=digest)  # fmt: skip
             return None
         if isinstance(policy, Deny):
             raise self.refuse(obj_id, peer, request, f"the object is computed from private "
@@ -329,8 +332,7 @@ class PrivacyGuard:
         released = _rebuild(template, noised)
         accountant.step(noise_multiplier=z)
         self.total.step(noise_multiplier=z)
-        digest = (payload_digest(noised[0]) if len(noised) == 1 else
-                  payload_digest(tuple(payload_digest(t) for t in noised)))  # fmt: skip
+        digest = _leaves_digest(noised)
         self._record_release(obj_id, peer, request, sources, {
             "mechanism": "gaussian", "accountant": accountant.mechanism, "noise_multiplier": z,
             "sigma": policy.sigma, "sensitivity": policy.clip, "sample_rate": 1.0,
@@ -405,6 +407,26 @@ class PrivacyGuard:
             # A source whose registration is not in the log is kept private to no one.
             self.sources[source_id] = (_source(registered[-1].detail) if registered
                                        else Source(None, (), Deny()))  # fmt: skip
+
+
+def value_digest(value: Any) -> str | None:
+    """The digest of a value that leaves without being stored (tensors and numbers in
+    tuples, lists and dicts; the same as a DP release computes), or None for other values.
+
+    >>> value_digest({"w": torch.ones(2)}) == value_digest(torch.ones(2))
+    True
+    """
+    leaves: list[torch.Tensor] = []
+    try:
+        _flatten(value, leaves)
+    except TypeError:
+        return None
+    return _leaves_digest(leaves) if leaves else None
+
+
+def _leaves_digest(leaves: list[torch.Tensor]) -> str:
+    return (payload_digest(leaves[0]) if len(leaves) == 1 else
+            payload_digest(tuple(payload_digest(t) for t in leaves)))  # fmt: skip
 
 
 class _Number:

@@ -39,7 +39,7 @@ from bastion.errors import (
     error_from_wire,
 )
 from bastion.events import dtype_name, payload_digest
-from bastion.guard import PrivacyGuard
+from bastion.guard import PrivacyGuard, value_digest
 from bastion.ids import new_id
 from bastion.logs import get_logger
 from bastion.messages import (
@@ -392,6 +392,9 @@ class Worker:
             value = objects[obj_id]
             if id(value) not in returned:  # results are recorded when they are stored
                 detail = self._derived(obj_id, taint)
+                if (self.store.details.get(obj_id) == _canonical(detail)
+                        and self.store.digests.get(obj_id) == payload_digest(value)):  # fmt: skip
+                    continue  # neither its bytes nor its flags changed: no new version
                 self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()),
                                     detail)  # fmt: skip
 
@@ -562,13 +565,14 @@ class Worker:
         """The value of a shipped function leaves the worker: one ``get`` event for it, and
         when the call touched private data, the release policy decides first (refused: a
         ``denied`` event; allowed: a ``release`` event; dp: it leaves clipped and noised)."""
-        digest = None
-        if taint is not None:
-            released = self.privacy.release(taint, result, peer, "call")
+        digest = released = None
+        if taint is not None:  # what left is audited: its digest is in the events
+            digest = value_digest(result)
+            released = self.privacy.release(taint, result, peer, "call", digest=digest)
             if released is not None:
                 result, digest = released
         self.log.record("get", None, peer, "call", name, tuple(inputs.values()), None, None,
-                        digest, None if digest is None else _RELEASED_DP)  # fmt: skip
+                        digest, _RELEASED_DP if released is not None else None)  # fmt: skip
         return result
 
     #: How many distinct shipped functions a worker keeps unpickled (and their state, such as

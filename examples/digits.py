@@ -1,15 +1,16 @@
-"""The digits example: ``python -m examples.digits`` from the repository root.
+"""The digits example: ``python examples/digits.py`` from the repository root.
 
 FedAvg on scikit-learn's handwritten digits, split across workers that keep their shard;
-each round prints the held-out accuracy. The same as ``bastion demo federated``.
+each round prints the held-out accuracy. With ``--dp`` the owners register their shards
+private and the training is DP-FedAvg, printing the epsilon spent after each round. The same
+as ``bastion demo federated``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from bastion.federated import FedAdam, FedAvg, FedProx
-from bastion.federated.digits import digits_workers, run_digits
+from bastion.federated.demo import run_federated_demo
 
 
 def main() -> None:
@@ -20,12 +21,16 @@ def main() -> None:
     parser.add_argument("--style", choices=["fast", "pointers"], default="fast")
     parser.add_argument("--split", choices=["iid", "label"], default="iid")
     parser.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], default="fedavg")
+    parser.add_argument("--dp", action="store_true", help="DP-FedAvg on private data")
+    parser.add_argument("--dp-side", choices=["server", "client"], default="server")
+    parser.add_argument("--noise-multiplier", type=float, default=1.0)
+    parser.add_argument("--clip", type=float, default=0.3)
+    parser.add_argument("--target-epsilon", type=float, default=None)
     args = parser.parse_args()
-    strategy = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}[args.strategy]()
-    with digits_workers(args.workers, args.transport) as workers:
-        history = run_digits(workers, rounds=args.rounds, style=args.style, split=args.split,
-                             strategy=strategy, echo=print)  # fmt: skip
-    print(f"final accuracy {history[-1].accuracy:.4f}")
+    run_federated_demo(rounds=args.rounds, n_workers=args.workers, transport=args.transport,
+                       style=args.style, split=args.split, strategy=args.strategy, dp=args.dp,
+                       dp_side=args.dp_side, noise_multiplier=args.noise_multiplier,
+                       clip=args.clip, target_epsilon=args.target_epsilon)  # fmt: skip
 
 
 if __name__ == "__main__":

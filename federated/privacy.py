@@ -55,8 +55,10 @@ SIDES = ("server", "client")
 
 def _positive(owner: str, **values: Any) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value > 0
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (math.isfinite(value) and value > 0)
         ):
             raise ConfigurationError(f"{owner}'s {name} is a positive number, got {value!r}")
 

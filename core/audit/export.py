@@ -53,6 +53,10 @@ def event_summary(event: Event) -> str:
         return f"dropped {len(event.detail.get('ids', []))} objects"
     if event.kind == "denied":
         return f"{event.detail.get('request')}: {event.detail.get('why')}"
+    if event.kind == "get" and event.origin == "call":
+        inputs = ", ".join(map(str, event.inputs)) or "no input"
+        return f"value of {event.op} of {inputs} left" + (
+            " (released with dp noise)" if event.detail.get("released") == "dp" else "")
     if event.kind == "release":
         return f"{event.detail.get('request')}: {release_text(event)}"
     if event.kind == "policy":

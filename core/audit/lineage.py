@@ -191,16 +191,18 @@ class _Walker:
         return None
 
     def uses(self, worker: str, object_id: int, lo: int, hi: int | None) -> list[Event]:
-        """``create``s of other objects with ``object_id`` among their inputs, in (lo, hi)."""
+        """``create``s of other objects with ``object_id`` among their inputs, and values of
+        shipped functions that read it and left (``get`` with ``origin="call"``), in
+        (lo, hi)."""
         text = str(object_id)
         contains = sa.or_(_T.inputs == f"[{text}]", _T.inputs.like(f"[{text},%"),
                           _T.inputs.like(f"%,{text},%"), _T.inputs.like(f"%,{text}]"))  # fmt: skip
         query = sa.select(events_table).where(
             _T.worker_id == worker,
             _T.seq > lo,
-            _T.kind == "create",
+            sa.or_(sa.and_(_T.kind == "create", _T.object_id != object_id),
+                   sa.and_(_T.kind == "get", _T.origin == "call")),
             contains,
-            _T.object_id != object_id,
         )
         if hi is not None:
             query = query.where(_T.seq < hi)
@@ -308,6 +310,10 @@ class _Walker:
             return self.node(
                 f"{where} changed in place by {event.op}", "version", event.worker, event.seq, oid
             )
+        if event.kind == "get" and event.origin == "call":
+            digest = f" (digest {event.digest[:16]})" if event.digest else ""
+            return self.node(f"{where} read by {event.op}, whose value left to {event.peer}"
+                             f"{digest}", "fetched", event.worker, event.seq, oid)  # fmt: skip
         if event.kind == "get":
             return self.node(
                 f"{where} fetched by {event.peer}", "fetched", event.worker, event.seq, oid

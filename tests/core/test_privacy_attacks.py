@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import bastion as sy
+from bastion.events import payload_digest
 from bastion.messages import CallFunction, Get, Ref
 from bastion.pointer import PointerTensor
 from bastion.worker import BaseWorker, Worker
@@ -171,6 +172,8 @@ def test_call_value_under_allow_and_dp(make_scene):
     (release,) = scene.worker.log.events(kind="release")
     assert (release.peer, release.detail["request"]) == ("eve", "call")
     assert release.detail["mechanism"] == "allow" and release.detail["sources"] == [scene.obj_id]
+    (got,) = [e for e in scene.worker.log.events(kind="get") if e.origin == "call"]
+    assert got.digest == release.digest == payload_digest(DATA * 2), "what left is on record"
     scene.worker.set_release_policy(sy.DP(noise_multiplier=1.0, clip=1.0),
                                     budget=sy.Budget(epsilon=20.0, delta=1e-5))  # fmt: skip
     value = scene.eve.call(lambda t: {"w": t * 2, "n": t.numel()}, scene.x)
