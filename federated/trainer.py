@@ -262,7 +262,10 @@ class FederatedTrainer:
         rounds = self.rounds if rounds is None else rounds
         if not self.progress:
             for _ in range(rounds):
-                if self._stop_round() is None:
+                try:
+                    self.round()
+                except PrivacyBudgetSpent as exc:
+                    self._stop(exc)
                     break
             return self.history
         from rich.console import Console
@@ -273,8 +276,10 @@ class FederatedTrainer:
         with Progress(*columns, console=Console(stderr=True)) as bar:
             task = bar.add_task(f"{self.strategy.name} ({self.style})", total=rounds, shown="")
             for _ in range(rounds):
-                metrics = self._stop_round()
-                if metrics is None:
+                try:
+                    metrics = self.round()
+                except PrivacyBudgetSpent as exc:
+                    self._stop(exc)
                     break
                 shown = "" if math.isnan(metrics.loss) else f"loss {metrics.loss:.4f}"
                 if metrics.accuracy is not None:
@@ -284,15 +289,10 @@ class FederatedTrainer:
                 bar.update(task, advance=1, shown=shown.strip())
         return self.history
 
-    def _stop_round(self) -> RoundMetrics | None:
-        """One round, or None when the privacy budget stops the training."""
-        try:
-            return self.round()
-        except PrivacyBudgetSpent as exc:
-            self.stopped = str(exc)
-            log.warning("training stopped: privacy budget", why=self.stopped,
-                        rounds=len(self.history))  # fmt: skip
-            return None
+    def _stop(self, exc: PrivacyBudgetSpent) -> None:
+        self.stopped = str(exc)
+        log.warning("training stopped: privacy budget", why=self.stopped,
+                    rounds=len(self.history))  # fmt: skip
 
     def round(self) -> RoundMetrics:
         """Run one round and return its metrics (also appended to ``history``)."""

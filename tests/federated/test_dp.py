@@ -132,6 +132,20 @@ def test_allowed_updates_leave_without_dp_each_release_audited(owners):
     assert len(_logged(workers, "release")) == 4
 
 
+def test_server_side_dp_fedavg_the_pysyft_way_under_allow(owners):
+    """Driven through pointers: the model comes back (each parameter a release) and is
+    clipped here, the noise added to the sum here."""
+    workers, peers = owners
+    data = peers("allow")
+    trainer = FederatedTrainer(nn.Linear(4, 2), data, DPFedAvg(1.0, 1.0), rounds=2,
+                               batch_size=10, lr=0.5, style="pointers")  # fmt: skip
+    history = trainer.fit()
+    assert history.as_dict()["epsilon"] == pytest.approx(
+        [rdp_epsilon([(1.0, 1.0, r)]) for r in (1, 2)])  # fmt: skip
+    releases = _logged(workers, "release")
+    assert releases and {e.detail["request"] for e in releases} == {"get"}
+
+
 def test_client_side_dp_is_added_and_accounted_by_the_owners_workers(owners):
     """Owners who require DP: each worker clips and noises the update it releases and spends
     the scientist's budget; the trainer's epsilon is the workers' own; past their budget the
@@ -215,10 +229,11 @@ def test_server_side_noise_is_on_the_sum_and_the_average_is_uniform():
     dp = DPFedAvg(noise_multiplier=1.0, clip=1.0)
     g = {"w": torch.zeros(20_000)}
     dp.begin_round(1, ["a", "b", "c", "d"])  # four asked, two answer
-    updates = [ClientUpdate("a", {"w": torch.full((20_000,), 0.004)}, 1),
-               ClientUpdate("b", {"w": torch.full((20_000,), 0.002)}, 99)]  # fmt: skip
+    updates = [ClientUpdate("a", {"w": torch.full((20_000,), 0.4)}, 1),
+               ClientUpdate("b", {"w": torch.full((20_000,), 0.2)}, 99)]  # fmt: skip
     out = dp.aggregate(g, updates)["w"]
-    assert out.mean().item() == pytest.approx(0.006 / 4, abs=0.003)  # not weighted by samples
+    # (0.4 + 0.2) / 4 asked = 0.15; weighted by samples it would be 0.202, per answer 0.3
+    assert out.mean().item() == pytest.approx(0.15, abs=0.02)
     assert out.std().item() == pytest.approx(1.0 / 4, rel=0.05)  # sigma on the sum, / 4
     assert dp.privacy_spent() == (pytest.approx(rdp_epsilon([(1.0, 1.0, 1)])), 1e-5)
     assert FedAvg().privacy_spent() is None
