@@ -33,18 +33,25 @@ from bastion.federated import BaseDataset, FederatedDataLoader, FederatedDataset
 from bastion.hook import TorchHook
 from bastion.modules import get_module, send_module
 from bastion.pointer import ObjectPointer, PointerParameter, PointerTensor
+from bastion.privacy import DP, Accountant, Allow, Budget, BudgetReport, Deny, ReleasePolicy
 from bastion.remote import RemoteWorker, SpawnedWorker, WorkerServer, connect, serve, spawn
 from bastion.worker import BaseWorker, LocalWorker, VirtualWorker, Worker, local_worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Accountant",
+    "Allow",
     "AuditError",
     "BaseDataset",
     "BaseWorker",
     "BastionError",
+    "Budget",
+    "BudgetReport",
     "ConfigurationError",
     "ConnectionLost",
+    "DP",
+    "Deny",
     "Event",
     "EventLogError",
     "FederatedDataLoader",
@@ -58,6 +65,7 @@ __all__ = [
     "PermissionDenied",
     "PointerParameter",
     "PointerTensor",
+    "ReleasePolicy",
     "RemoteError",
     "RemoteValueError",
     "SerializationError",

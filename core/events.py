@@ -7,7 +7,9 @@
 | move     | the object leaves to another worker    |
 | delete   | a pointer was collected                |
 | clear    | clear_objects                          |
-| denied   | a request refused (permission, auth)   |
+| denied   | a request refused (permission, auth, privacy budget) |
+| release  | private-derived data left under the release policy (allow, or dp: noise, epsilon) |
+| policy   | the data owner set the worker's release policy and privacy budget |
 
 >>> import torch
 >>> from bastion.events import payload_digest
@@ -25,7 +27,9 @@ from typing import Any
 import blake3
 import torch
 
-EVENT_KINDS: tuple[str, ...] = ("create", "get", "move", "delete", "clear", "denied")
+EVENT_KINDS: tuple[str, ...] = (
+    "create", "get", "move", "delete", "clear", "denied", "release", "policy",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

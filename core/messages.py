@@ -145,6 +145,11 @@ class Search:
 
 
 @dataclass(slots=True)
+class BudgetQuery:
+    """How much of its privacy budget the asking peer has spent on the worker, and has left."""
+
+
+@dataclass(slots=True)
 class Reply:
     """A worker's answer: a ``value``, or an ``error``.
 
@@ -179,6 +184,7 @@ RECORDS: tuple[type, ...] = (
     Reply,
     Tag,
     Search,
+    BudgetQuery,
 )
 
 #: The fields each record carries on the wire (``Reply.cause`` stays local).
@@ -187,5 +193,6 @@ WIRE_FIELDS: dict[type, tuple[str, ...]] = {
 }
 
 MESSAGES: tuple[type, ...] = (
-    Create, Get, Move, Delete, Clear, RunOp, CallFunction, ListObjects, Tag, Search
+    Create, Get, Move, Delete, Clear, RunOp, CallFunction, ListObjects, Tag, Search,
+    BudgetQuery,
 )  # fmt: skip

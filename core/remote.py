@@ -56,8 +56,8 @@ class RemoteWorker(BaseWorker):
         with contextlib.suppress(Exception):
             self._connection.close()
         address = address or self.address
-        options = {**self._options, **options}
-        connection = plugins.connect(address, peer=local_worker.id, **options)
+        options = {"peer": local_worker.id, **self._options, **options}
+        connection = plugins.connect(address, **options)
         if connection.worker_id != self.id:
             connection.close()
             raise ConfigurationError(
@@ -86,16 +86,22 @@ class RemoteWorker(BaseWorker):
         self.close()
 
 
-def connect(address: str, *, authkey: bytes | str | None = None, **options: Any) -> RemoteWorker:
+def connect(
+    address: str, *, authkey: bytes | str | None = None, peer: str | None = None, **options: Any
+) -> RemoteWorker:
     """Connect to the worker served at ``address`` (``tcp://host:port``, ``shm://name``...).
 
-    Options go to the transport: ``authkey`` (default: ``$BASTION_AUTHKEY``), ``timeout``,
-    ``ssl_context``...
+    ``peer`` is the id the worker knows us by (default: the local worker's, ``"me"``): its
+    audit log names it, and private data and privacy budgets are per peer. Options go to the
+    transport: ``authkey`` (default: ``$BASTION_AUTHKEY``), ``timeout``, ``ssl_context``...
     """
     authkey = authkey if authkey is not None else os.environ.get("BASTION_AUTHKEY") or None
     if authkey is not None:
         options["authkey"] = authkey
-    connection = plugins.connect(address, peer=local_worker.id, **options)
+    if peer is not None and (not isinstance(peer, str) or not peer):
+        raise ConfigurationError(f"peer is a non-empty string, got {peer!r}")
+    options["peer"] = peer or local_worker.id
+    connection = plugins.connect(address, **options)
     return RemoteWorker(connection, options=options)
 
 

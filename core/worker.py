@@ -39,9 +39,11 @@ from bastion.errors import (
     error_from_wire,
 )
 from bastion.events import dtype_name, payload_digest
+from bastion.guard import PrivacyGuard
 from bastion.ids import new_id
 from bastion.logs import get_logger
 from bastion.messages import (
+    BudgetQuery,
     CallFunction,
     Clear,
     Create,
@@ -58,6 +60,7 @@ from bastion.messages import (
     Tag,
     TensorSpec,
 )
+from bastion.privacy import Budget, BudgetReport, ReleasePolicy
 from bastion.stores import EventLog
 from bastion.stores.eventlog import _canonical
 from bastion.stores.objects import ObjectStore
@@ -75,6 +78,8 @@ def _spec(obj_id: int, value: Any) -> TensorSpec | ObjectSpec:
 _FLAT = frozenset({int, float, bool, str, type(None)})
 #: the ``detail`` of a ``create`` event by where its payload went
 _PAYLOAD_DETAIL = {None: None, "db": '{"payload":"db"}', "file": '{"payload":"file"}'}
+#: The detail of a ``get`` whose value left through the ``dp`` release policy (noised).
+_RELEASED_DP = _canonical({"released": "dp"})
 
 
 def _notify_plugins(build: Any) -> None:
@@ -172,8 +177,9 @@ class Worker:
         self.connect_options = dict(connect_options or {})
         self._lock = threading.RLock()
         self._peers: dict[str, Any] = {}
-        #: shipped functions already unpickled, by their bytes (the newest FUNCTION_CACHE kept)
-        self._functions: dict[bytes, Callable[..., Any]] = {}
+        #: shipped functions already unpickled, by peer and bytes (the newest FUNCTION_CACHE
+        #: kept): one peer's function, with the state it keeps, never runs for another
+        self._functions: dict[tuple[str, bytes], Callable[..., Any]] = {}
         self._handlers = {
             Create: self._create,
             Get: self._get,
@@ -183,9 +189,14 @@ class Worker:
             RunOp: self._run_op,
             CallFunction: self._call,
             ListObjects: self._list,
+            BudgetQuery: self._budget,
             Tag: self._tag,
             Search: self._search,
         }
+        #: private objects, what derives from them, release policy and budgets (bastion.guard)
+        self.privacy = PrivacyGuard(self)
+        if self.recovered is not None:  # a restarted worker stays as private as it was
+            self.privacy.restore()
 
     # ------------------------------------------------------------------ entry point
 
@@ -291,6 +302,7 @@ class Worker:
         Transports call it too, e.g. for a peer that failed authentication.
         """
         self.log.append("denied", peer=peer, op=detail.pop("op", None),
+                        object_id=detail.pop("object_id", None),
                         detail={"request": request, "why": why, **detail})
         log.warning("request denied", worker=self.id, peer=peer, request=request, why=why)
         return PermissionDenied(f"worker {self.id} refused {request} from {peer}: {why}")
@@ -331,30 +343,57 @@ class Worker:
             )
         return value
 
-    def _keep(self, value: Any, inputs: dict[int, int], peer: str, origin: str, op: str) -> Any:
-        """Store one result; a result that *is* an input keeps that input's id (in-place)."""
+    def _keep(self, value: Any, inputs: dict[int, int], peer: str, origin: str, op: str,
+              taint: frozenset[int] | None = None) -> Any:  # fmt: skip
+        """Store one result; a result that *is* an input keeps that input's id (in-place).
+
+        ``taint``: the private objects the result is computed from (None: none)."""
         obj_id = inputs.get(id(value))
         if obj_id is None:
             obj_id = self._fresh_id()
         self.store.objects[obj_id] = value
-        return self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()))
+        detail = None if taint is None else self._derived(obj_id, taint)
+        return self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()),
+                                   detail)  # fmt: skip
 
     def _store_result(
-        self, result: Any, inputs: dict[int, int], peer: str, origin: str, op: str
+        self, result: Any, inputs: dict[int, int], peer: str, origin: str, op: str,
+        taint: frozenset[int] | None = None,
     ) -> Any:
         if result is None:
             return None
         if isinstance(result, torch.Tensor):
-            return self._keep(result, inputs, peer, origin, op)
+            return self._keep(result, inputs, peer, origin, op, taint)
         if (type(result) in (tuple, list) or _is_structseq(result)) and all(
             item is None or isinstance(item, torch.Tensor) for item in result
         ):
             items = [
-                None if item is None else self._keep(item, inputs, peer, origin, op)
+                None if item is None else self._keep(item, inputs, peer, origin, op, taint)
                 for item in result
             ]
             return type(result)(items)
-        return self._keep(result, inputs, peer, origin, op)
+        return self._keep(result, inputs, peer, origin, op, taint)
+
+    def _derived(self, obj_id: int, taint: frozenset[int]) -> dict[str, Any]:
+        """The ``create`` detail of an object derived from ``taint``: its privacy label, and
+        the tags and description it had (an in-place write keeps them)."""
+        label = self.privacy.label(obj_id, taint)
+        kept = self.store.details.get(obj_id)
+        return label if kept is None else {**json.loads(kept), **label}
+
+    def _taint_written(self, result: Any, written: set[int], taint: frozenset[int], peer: str,
+                       origin: str, op: str, inputs: dict[int, int]) -> None:  # fmt: skip
+        """Objects a tainted operation wrote into become derived: a new version each."""
+        returned = {id(result)}
+        if type(result) in (tuple, list) or _is_structseq(result):
+            returned.update(id(item) for item in result)
+        objects = self.store.objects
+        for obj_id in written:
+            value = objects[obj_id]
+            if id(value) not in returned:  # results are recorded when they are stored
+                detail = self._derived(obj_id, taint)
+                self._record_create(obj_id, value, peer, origin, op, tuple(inputs.values()),
+                                    detail)  # fmt: skip
 
     def _connect(self, address: str) -> Any:
         connection = self._peers.get(address)
@@ -379,6 +418,16 @@ class Worker:
         obj = self.store.get(message.obj_id)
         if not isinstance(obj, torch.Tensor):
             serde.encode(obj)  # refuse what cannot travel before anything changes
+        released = None
+        if self.privacy.labels:  # refused, released as it is, or released with noise
+            released = self.privacy.check_get(message.obj_id, obj, peer, message.with_grad)
+            self.privacy.forget((message.obj_id,))
+        if released is not None:
+            value, grad, digest = released
+            self.store.pop(message.obj_id)
+            self.log.append("get", object_id=message.obj_id, peer=peer, digest=digest,
+                            detail={"released": "dp"})
+            return (value, grad) if message.with_grad else value
         digest = self._digest(message.obj_id, obj)
         self.store.pop(message.obj_id)
         self.log.append("get", object_id=message.obj_id, peer=peer, digest=digest)
@@ -389,6 +438,8 @@ class Worker:
 
     def _move(self, message: Move, peer: str) -> Any:
         obj = self.store.get(message.obj_id)
+        if self.privacy.labels:
+            self.privacy.check_move(message.obj_id, peer, message.destination)
         connection = self._connect(message.destination)
         tags, description = self._described(message.obj_id)
         reply = connection.request(Create(obj, message.obj_id, "move", tags, description))
@@ -396,6 +447,7 @@ class Worker:
             raise error_from_wire(reply.error.type_name, reply.error.message)
         digest = self._digest(message.obj_id, obj)
         self.store.pop(message.obj_id)
+        self.privacy.forget((message.obj_id,))
         self.log.append(
             "move",
             object_id=message.obj_id,
@@ -409,14 +461,27 @@ class Worker:
     def _delete(self, message: Delete, peer: str) -> int:
         dropped = 0
         record = self.log.record
-        for obj_id in message.obj_ids:
+        obj_ids = message.obj_ids
+        if self.privacy.originals:
+            obj_ids = self.privacy.filter_delete(obj_ids, peer, "delete")
+            self.privacy.forget(obj_ids)
+        elif self.privacy.labels:
+            self.privacy.forget(obj_ids)
+        for obj_id in obj_ids:
             if self.store.discard(obj_id):
                 dropped += 1
                 record("delete", obj_id, peer, None, None, (), None, None, None, None)
         return dropped
 
     def _clear(self, message: Clear, peer: str) -> int:
-        ids = self.store.clear()
+        if self.privacy.originals:  # another owner's private objects stay
+            ids = self.privacy.filter_delete(list(self.store.objects), peer, "clear")
+            for obj_id in ids:
+                self.store.discard(obj_id)
+            self.privacy.forget(ids)
+        else:
+            ids = self.store.clear()
+            self.privacy.forget(ids)
         self.log.append("clear", peer=peer, detail={"ids": ids})
         return len(ids)
 
@@ -428,6 +493,9 @@ class Worker:
         inputs: dict[int, int] = {}
         args = self._resolve_args(message.args, inputs)
         kwargs = self._resolve(message.kwargs, inputs) if message.kwargs else {}
+        taint = self.privacy.taint(inputs.values()) if self.privacy.labels else None
+        if taint is not None:
+            return self._run_tainted(message, func, args, kwargs, inputs, taint, peer)
         if message.grad_enabled == torch.is_grad_enabled():
             result = func(*args, **kwargs)
         else:
@@ -435,29 +503,73 @@ class Worker:
                 result = func(*args, **kwargs)
         return self._store_result(result, inputs, peer, "op", message.op)
 
+    def _run_tainted(self, message: RunOp, func: Any, args: tuple, kwargs: dict,
+                     inputs: dict[int, int], taint: frozenset[int], peer: str) -> Any:  # fmt: skip
+        """An op on private data: its results, and whatever it wrote into, become derived;
+        its errors say nothing of the data."""
+        versions = self.privacy.snapshot(inputs)
+        failure = None
+        try:
+            with torch.set_grad_enabled(message.grad_enabled):
+                result = func(*args, **kwargs)
+        except Exception as exc:
+            failure = _withheld(exc, message.op, self.id, peer)
+        if failure is not None:
+            raise failure
+        written = self.privacy.written(message.op, kwargs, inputs, versions)
+        if written:
+            self._taint_written(result, written, taint, peer, "op", message.op, inputs)
+        return self._store_result(result, inputs, peer, "op", message.op, taint)
+
     def _call(self, message: CallFunction, peer: str) -> Any:
         if not self.allow_code:
             raise self.record_denied(
                 peer, "call", "this worker does not run shipped code; start it with "
                 "allow_code=True to allow it"
             )
-        func = self._functions.get(message.code)
+        key = (peer, message.code)  # a peer's function, and its state, are its own
+        func = self._functions.get(key)
         if func is None:
             func = cloudpickle.loads(message.code)
-            self._functions[message.code] = func
+            self._functions[key] = func
             while len(self._functions) > self.FUNCTION_CACHE:
                 del self._functions[next(iter(self._functions))]
         inputs: dict[int, int] = {}
         args = self._resolve(message.args, inputs)
         kwargs = self._resolve(message.kwargs, inputs)
-        with torch.set_grad_enabled(message.grad_enabled):
-            result = func(*args, **kwargs)
         name = getattr(func, "__qualname__", type(func).__name__)
-        if message.return_value:  # one event for the whole value that leaves
-            self.log.record("get", None, peer, "call", name, tuple(inputs.values()), None, None,
-                            None, None)  # fmt: skip
-            return result
-        return self._store_result(result, inputs, peer, "call", name)
+        taint = self.privacy.call_taint(inputs.values(), peer) if self.privacy.sources else None
+        failure = None
+        try:
+            with torch.set_grad_enabled(message.grad_enabled):
+                result = func(*args, **kwargs)
+        except Exception as exc:
+            if taint is None:
+                raise
+            failure = _withheld(exc, name, self.id, peer)
+        if failure is not None:
+            raise failure
+        if taint is not None:  # shipped code may have written into any argument
+            written = self.privacy.written(name, kwargs, inputs, {}, everything=True)
+            kept = None if message.return_value else result  # a returned value is not stored
+            self._taint_written(kept, written, taint, peer, "call", name, inputs)
+        if message.return_value:
+            return self._return_value(result, inputs, peer, name, taint)
+        return self._store_result(result, inputs, peer, "call", name, taint)
+
+    def _return_value(self, result: Any, inputs: dict[int, int], peer: str, name: str,
+                      taint: frozenset[int] | None) -> Any:  # fmt: skip
+        """The value of a shipped function leaves the worker: one ``get`` event for it, and
+        when the call touched private data, the release policy decides first (refused: a
+        ``denied`` event; allowed: a ``release`` event; dp: it leaves clipped and noised)."""
+        digest = None
+        if taint is not None:
+            released = self.privacy.release(taint, result, peer, "call")
+            if released is not None:
+                result, digest = released
+        self.log.record("get", None, peer, "call", name, tuple(inputs.values()), None, None,
+                        digest, None if digest is None else _RELEASED_DP)  # fmt: skip
+        return result
 
     #: How many distinct shipped functions a worker keeps unpickled (and their state, such as
     #: a model built on the first call), so that shipping the same bytes again costs no
@@ -466,6 +578,9 @@ class Worker:
 
     def _list(self, message: ListObjects, peer: str) -> dict[int, Any]:
         return {obj_id: _spec(obj_id, obj) for obj_id, obj in self.store.objects.items()}
+
+    def _budget(self, message: BudgetQuery, peer: str) -> dict[str, Any]:
+        return self.privacy.budget_report(peer).__dict__.copy()
 
     def _described(self, obj_id: int) -> tuple[tuple[str, ...], str | None]:
         """An object's tags and description: they live in its ``create`` detail."""
@@ -500,6 +615,74 @@ class Worker:
             if wanted.issubset(tags):
                 found.append((_spec(obj_id, objects[obj_id]), list(tags), description))
         return found
+
+    # ------------------------------------------------------------------ data owner
+
+    def register(
+        self,
+        value: torch.Tensor,
+        *,
+        private: bool = True,
+        owner: str | None = None,
+        tags: Iterable[str] = (),
+        description: str | None = None,
+        policy: ReleasePolicy | str | None = None,
+    ) -> int:
+        """Put the data owner's ``value`` on this worker; returns its object id.
+
+        ``private``: only ``owner`` may fetch or move it, and what is computed from it leaves
+        only as the release ``policy`` says (None: the worker's, see ``set_release_policy``).
+        ``owner`` is the peer id allowed to fetch it over a transport; the default, None, lets
+        no peer fetch it (the owner holds this ``Worker``). ``tags`` and ``description`` say
+        what it is: peers find it with ``search`` (and compute on it there).
+
+        >>> import torch, bastion as sy
+        >>> worker = sy.Worker("doc-register")
+        >>> obj_id = worker.register(torch.ones(2), tags=["#ones"])
+        >>> worker.privacy.sources[obj_id].tags
+        ('#ones',)
+        >>> [spec.id == obj_id for spec, _, _ in worker.handle(Search(("#ones",)), "me").value]
+        [True]
+        """
+        if not isinstance(value, torch.Tensor):
+            raise SerializationError(
+                f"register() takes a tensor, not a {type(value).__name__}; wrap the data with "
+                "torch.tensor(...) first"
+            )
+        tags = normalize_tags(tags)
+        check_description(description)
+        if not private and (policy is not None or owner is not None):
+            raise ConfigurationError(
+                "owner and policy apply to private data: register(..., private=True)"
+            )
+        with self._lock:
+            obj_id = self._fresh_id()
+            self.store.put(obj_id, value)
+            detail = self.privacy.register(obj_id, owner, tags, policy) if private else {}
+            if tags:
+                detail["tags"] = list(tags)
+            if description is not None:  # both where search finds them (``_described``)
+                detail["description"] = description
+            self._record_create(obj_id, value, owner or self.id, "register", detail=detail)
+        log.info("data registered", worker=self.id, object_id=obj_id, private=private)
+        return obj_id
+
+    def set_release_policy(
+        self, policy: ReleasePolicy | str = "deny", *, budget: Budget | None = None
+    ) -> None:
+        """Set what may leave of objects computed from private data: ``"deny"`` (the
+        default), ``"allow"`` or ``DP(noise_multiplier, clip)``, and each peer's DP ``budget``.
+
+        Objects registered with their own ``policy`` keep it. The change is a ``policy`` event.
+        """
+        with self._lock:
+            detail = self.privacy.set_policy(policy, budget)
+            self.log.append("policy", peer=self.id, detail=detail)
+
+    def privacy_budget(self, peer: str) -> BudgetReport:
+        """What ``peer`` has spent of its DP budget on this worker, and has left."""
+        with self._lock:
+            return self.privacy.budget_report(peer)
 
 
 # ====================================================================== client side
@@ -648,8 +831,10 @@ class BaseWorker:
         ``cloudpickle.dumps(func)``, to pickle a function called often once); the worker must
         run with ``allow_code=True`` and refuses otherwise with ``PermissionDenied``. The
         value must be something the wire format carries (tensors, numbers, dicts...). The
-        worker keeps the functions it unpickled (the last ``Worker.FUNCTION_CACHE``) by their
-        bytes: the same bytes shipped again reuse the same function, with any state it holds.
+        worker keeps the functions it unpickled (the last ``Worker.FUNCTION_CACHE``) by peer
+        and bytes: the same bytes shipped again by the same peer reuse the same function, with
+        any state it holds. When the call read private data (see ``Worker.register``), the
+        value leaves only as the worker's release policy says.
 
         >>> import torch, bastion as sy
         >>> bob = sy.VirtualWorker(id="doc-call", allow_code=True)
@@ -677,6 +862,15 @@ class BaseWorker:
         self._request(Clear())
         return self
 
+    def privacy_budget(self) -> BudgetReport:
+        """What this peer has spent of its differential-privacy budget on the worker.
+
+        >>> import bastion as sy
+        >>> sy.VirtualWorker(id="doc-budget").privacy_budget().spent
+        0.0
+        """
+        return BudgetReport(**self._request(BudgetQuery()))
+
     def list_objects(self) -> dict[int, TensorSpec | ObjectSpec]:
         """What the worker holds, as ``{id: TensorSpec | ObjectSpec}``."""
         self._flush_deletes()
@@ -693,6 +887,20 @@ class BaseWorker:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id:{self.id} address:{self.address}>"
+
+
+def _withheld(exc: Exception, op: str, worker: str, peer: str) -> Exception:
+    """The error a peer sees when an operation on private data fails: its type, not its
+    message (messages may quote values, e.g. an out-of-range index)."""
+    log.warning("operation on private data failed", worker=worker, peer=peer, op=op,
+                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+    message = (f"{op} failed on private data; the message is withheld from peers (the data "
+               "owner's log has it)")
+    try:
+        error = type(exc)(message)
+    except Exception:
+        error = RuntimeError(message)
+    return error
 
 
 def _db_default(db: str | None) -> str | None:
@@ -758,6 +966,50 @@ class VirtualWorker(BaseWorker):
         """The worker's live ``{id: object}`` dict, as PySyft exposed it."""
         self._flush_deletes()
         return self._worker.store.objects
+
+    def register(
+        self,
+        value: torch.Tensor,
+        *,
+        private: bool = True,
+        tags: Iterable[str] = (),
+        description: str | None = None,
+        policy: ReleasePolicy | str | None = None,
+    ) -> Any:
+        """Put your data on this in-process worker as its owner; returns a pointer to it.
+
+        You (this handle's peer id) are the owner: only you may fetch or move it; what
+        other peers compute from it leaves only as the release ``policy`` says (see
+        ``Worker.register``). The data stays when the pointer is collected.
+
+        >>> import torch, bastion as sy
+        >>> alice = sy.VirtualWorker(id="doc-vregister")
+        >>> x = alice.register(torch.tensor([1.0, 2.0]), tags=["#ages"])
+        >>> (x * 2).get()
+        tensor([2., 4.])
+        >>> [p.tags for p in alice.search("#ages")]
+        [('#ages',)]
+        """
+        from bastion.pointer import PointerTensor
+        from bastion.transports.memory import isolate
+
+        self._flush_deletes()
+        obj_id = self._worker.register(
+            isolate(value) if isinstance(value, torch.Tensor) else value, private=private,
+            owner=self._connection.peer if private else None, tags=tags, description=description,
+            policy=policy,
+        )
+        pointer = PointerTensor._make(self, _spec(obj_id, self._worker.store.get(obj_id)),
+                                      leaf=True)  # fmt: skip
+        pointer.__dict__.update(garbage_collect_data=False, _tags=normalize_tags(tags),
+                                _description=description)  # fmt: skip
+        return pointer
+
+    def set_release_policy(
+        self, policy: ReleasePolicy | str = "deny", *, budget: Budget | None = None
+    ) -> None:
+        """Set what may leave of objects computed from private data (``Worker``'s method)."""
+        self._worker.set_release_policy(policy, budget=budget)
 
     @property
     def audit(self) -> EventLog:

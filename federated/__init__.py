@@ -5,6 +5,7 @@
 - Training: ``FederatedTrainer`` runs rounds the fast way (one shipped function call per
   worker) or the PySyft way (pointers), with a ``Strategy``: ``FedAvg``, ``FedProx``,
   ``FedAdam``.
+- Privacy: PATE analysis (``perform_analysis``, :mod:`bastion.federated.pate`).
 
 >>> import torch, bastion as sy
 >>> from bastion.federated import FedAvg, FederatedTrainer
@@ -28,6 +29,7 @@ from bastion.federated.datasets import (
     label_shards,
 )
 from bastion.federated.loader import FederatedDataLoader
+from bastion.federated.pate import PateAnalysis, perform_analysis
 from bastion.federated.strategies import ClientUpdate, FedAdam, FedAvg, FedProx, State, Strategy
 from bastion.federated.trainer import (
     FederatedError,
@@ -50,6 +52,7 @@ __all__ = [
     "FederatedTrainer",
     "History",
     "LocalTraining",
+    "PateAnalysis",
     "RoundMetrics",
     "State",
     "Strategy",
@@ -57,5 +60,6 @@ __all__ = [
     "even_shards",
     "iid_shards",
     "label_shards",
+    "perform_analysis",
     "train_with_pointers",
 ]

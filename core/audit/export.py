@@ -22,7 +22,7 @@ import json
 import os
 from typing import Any, TextIO
 
-from bastion.audit.lineage import origin_text, payload_text
+from bastion.audit.lineage import origin_text, payload_text, release_text
 from bastion.audit.reader import AuditLog, format_ts, opened
 from bastion.errors import AuditError
 from bastion.events import Event
@@ -53,6 +53,13 @@ def event_summary(event: Event) -> str:
         return f"dropped {len(event.detail.get('ids', []))} objects"
     if event.kind == "denied":
         return f"{event.detail.get('request')}: {event.detail.get('why')}"
+    if event.kind == "release":
+        return f"{event.detail.get('request')}: {release_text(event)}"
+    if event.kind == "policy":
+        budget = event.detail.get("budget")
+        return f"default {event.detail.get('default', {}).get('kind')}" + (
+            f", budget epsilon {budget['epsilon']:g} delta {budget['delta']:g}" if budget else ""
+        )
     text = payload_text(event)
     if event.detail:
         text = (text + " " if text else "") + json.dumps(event.detail, separators=(",", ":"))

@@ -116,6 +116,15 @@ def origin_text(event: Event) -> str:
     return f"{how}, {payload}" if payload else how
 
 
+def release_text(event: Event) -> str:
+    """What a ``release`` let out: ``allow`` or ``gaussian sigma=1, epsilon +0.47 = 2.1``."""
+    d = event.detail
+    if d.get("mechanism") != "gaussian":
+        return str(d.get("mechanism", "?"))
+    return (f"gaussian sigma={d.get('sigma', 0):.4g}, epsilon +{d.get('epsilon_spent', 0):.4g}"
+            f" = {d.get('epsilon_total', 0):.4g} of {d.get('epsilon_budget', 0):g}")
+
+
 class _Walker:
     def __init__(self, logs: list[AuditLog], max_nodes: int) -> None:
         self.where: dict[str, AuditLog] = {}
@@ -317,6 +326,16 @@ class _Walker:
             )
         if event.kind == "move":
             return self.moved(event)
+        if event.kind == "release":
+            return self.node(
+                f"{where} released to {event.peer} ({release_text(event)})", "released",
+                event.worker, event.seq, oid,
+            )  # fmt: skip
+        if event.kind == "denied":
+            return self.node(
+                f"{where} {event.detail.get('request')} refused to {event.peer}: "
+                f"{event.detail.get('why')}", "event", event.worker, event.seq, oid,
+            )  # fmt: skip
         detail = f" {event.detail}" if event.detail else ""
         return self.node(
             f"{where} {event.kind} by {event.peer}{detail}", "event", event.worker, event.seq, oid

@@ -30,12 +30,14 @@ from bastion.audit.summary import Stats, stats, timeline
 from bastion.events import Event
 
 COLORS = {"create": "#2b7bb9", "get": "#d9822b", "move": "#7b4fb5", "delete": "#8a8a8a",
-          "clear": "#b33a3a", "denied": "#e0245e"}  # fmt: skip
+          "clear": "#b33a3a", "denied": "#e0245e", "release": "#c9a100",
+          "policy": "#5a6a7a"}  # fmt: skip
 OTHER = "#3a8a5a"
 LABEL, CHAR = 60, 6.7  # graph labels: characters shown, pixels per character (11px monospace)
 RELATION_COLORS = {"section": "#f0f0f0", "object": "#fff4c2", "missing": "#ffd6d6",
-                   "fetched": "#fde3c8", "moved": "#e6dcf5", "arrived": "#e6dcf5",
-                   "cleared": "#f5d0d0", "deleted": "#e4e4e4", "more": "#ffffff"}  # fmt: skip
+                   "fetched": "#fde3c8", "released": "#fff0a8", "moved": "#e6dcf5",
+                   "arrived": "#e6dcf5", "cleared": "#f5d0d0", "deleted": "#e4e4e4",
+                   "more": "#ffffff"}  # fmt: skip
 
 
 @dataclass(frozen=True)

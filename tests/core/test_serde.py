@@ -23,6 +23,7 @@ from bastion.errors import SerializationError
 from bastion.messages import (
     RECORDS,
     WIRE_FIELDS,
+    BudgetQuery,
     CallFunction,
     Clear,
     Create,
@@ -215,6 +216,7 @@ RECORD_EXAMPLES = [
     Search(tags=("#digits", "#train")),
     Reply(value=[(TensorSpec(1, (2,), torch.float32), ["#a"], "why")]),
     ListObjects(),
+    BudgetQuery(),
     Reply(value={1: TensorSpec(1, (), torch.int64), 2: ObjectSpec(2, "int")}),
     Reply(error=ErrorInfo("PermissionDenied", "private data")),
 ]

@@ -314,21 +314,46 @@ def test_unknown_event_kinds_are_shown_and_otherwise_left_alone(incident, audit)
     changes nothing in a replay."""
     with sqlite3.connect(incident.db) as conn:
         conn.execute("insert into bastion_events select worker_id, seq + 1, ts + 0.001, "
-                     "'release', object_id, 'analyst', null, null, null, null, null, null, "
+                     "'attest', object_id, 'analyst', null, null, null, null, null, null, "
                      "'{\"epsilon\":0.5}', hash, 'x' from bastion_events where worker_id = ? "
                      "and seq = (select max(seq) from bastion_events where worker_id = ?)",
                      (incident.m2, incident.m2))  # fmt: skip
-        conn.execute("update bastion_events set object_id = ? where kind = 'release'",
+        conn.execute("update bastion_events set object_id = ? where kind = 'attest'",
                      (incident.s,))  # fmt: skip
-    (release,) = _json_lines(audit("events", incident.db, "-k", "release", "--json"))
-    assert release["detail"] == {"epsilon": 0.5} and release["object_id"] == incident.s
-    assert "release" in audit("events", incident.db).output
+    (attest,) = _json_lines(audit("events", incident.db, "-k", "attest", "--json"))
+    assert attest["detail"] == {"epsilon": 0.5} and attest["object_id"] == incident.s
+    assert "attest" in audit("events", incident.db).output
     (s,) = _json_lines(audit("stats", incident.db, "--json"))
-    assert s["by_kind"]["release"] == 1
+    assert s["by_kind"]["attest"] == 1
     assert (
-        f"{incident.m2} #5 release by analyst" in audit("lineage", incident.db, incident.s).output
+        f"{incident.m2} #5 attest by analyst" in audit("lineage", incident.db, incident.s).output
     )
     assert _json_lines(audit("replay", incident.db, "-w", incident.m2, "--json")) == []
+
+
+def test_privacy_events_are_told_in_words(tmp_path, audit):
+    """A registration, a policy, a refused get and a DP release, as the audit tool tells them."""
+    db = tmp_path / "private.db"
+    owner = sy.VirtualWorker(id="audit-owner", db=str(db))
+    x = owner.register(torch.tensor([3.0, 4.0]), tags=["#secret"])
+    owner.set_release_policy(sy.DP(noise_multiplier=2.0, clip=1.0),
+                             budget=sy.Budget(epsilon=5.0, delta=1e-5))  # fmt: skip
+    eve = sy.connect(owner.address, peer="eve")
+    x = eve.search("#secret")[0]
+    with pytest.raises(sy.PermissionDenied):
+        x.get()
+    total = x.sum()
+    total_id = total.id_at_location
+    total.get()
+    owner.close()
+    table = audit("events", db).output
+    assert "default dp, budget epsilon 5 delta 1e-05" in table
+    assert "get: the object is private" in table
+    assert "get: gaussian sigma=2, epsilon +" in table
+    tree = audit("lineage", db, total_id).output
+    assert "released to eve (gaussian sigma=2, epsilon +" in tree
+    tree = audit("lineage", db, x.id_at_location).output
+    assert "get refused to eve: the object is private" in tree
 
 
 # ------------------------------------------------------------------------------- bad input
