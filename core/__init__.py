@@ -11,6 +11,7 @@ tensor([0, 2])
 
 from __future__ import annotations
 
+from bastion.client import BaseWorker, LocalWorker, VirtualWorker, local_worker
 from bastion.errors import (
     AuditError,
     BastionError,
@@ -35,7 +36,7 @@ from bastion.modules import get_module, send_module
 from bastion.pointer import ObjectPointer, PointerParameter, PointerTensor
 from bastion.privacy import DP, Accountant, Allow, Budget, BudgetReport, Deny, ReleasePolicy
 from bastion.remote import RemoteWorker, SpawnedWorker, WorkerServer, connect, serve, spawn
-from bastion.worker import BaseWorker, LocalWorker, VirtualWorker, Worker, local_worker
+from bastion.worker import Worker
 
 __version__ = "0.1.0"
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import torch
 
+from bastion.client import VirtualWorker
 from bastion.errors import BastionError, LocationError
 from bastion.hook import TorchHook
-from bastion.worker import VirtualWorker
 
 
 class DemoFailed(BastionError):

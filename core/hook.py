@@ -18,15 +18,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bastion.client import BaseWorker, LocalWorker, local_worker
 from bastion.errors import ConfigurationError
 from bastion.modules import get_module, module_location, send_module
-from bastion.worker import (
-    BaseWorker,
-    LocalWorker,
-    check_description,
-    local_worker,
-    normalize_tags,
-)
+from bastion.worker import check_description, normalize_tags
 
 
 def _tensor_send(self: torch.Tensor, worker: BaseWorker) -> Any:

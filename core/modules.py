@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
+from bastion.client import BaseWorker
 from bastion.errors import BastionError
 from bastion.messages import Create, Get
 from bastion.pointer import (
@@ -33,7 +34,6 @@ from bastion.pointer import (
     _init_pointer,
     _placeholder,
 )
-from bastion.worker import BaseWorker
 
 _POINTER_STATE = ("location", "id_at_location", "owner", "id", "garbage_collect_data",
                   "_gone", "_requires_grad", "_leaf", "_shape", "_itemsize")

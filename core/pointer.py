@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from bastion import ops
+from bastion.client import BaseWorker, local_worker
 from bastion.errors import (
     LocationError,
     ObjectNotFoundError,
@@ -35,7 +36,7 @@ from bastion.errors import (
 )
 from bastion.ids import new_id
 from bastion.messages import Get, Move, ObjectSpec, Ref, RunOp, Tag, TensorSpec
-from bastion.worker import BaseWorker, check_description, local_worker, normalize_tags
+from bastion.worker import check_description, normalize_tags
 
 _DisableSubclass = torch._C.DisableTorchFunctionSubclass
 

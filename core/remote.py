@@ -23,8 +23,9 @@ import threading
 from typing import Any
 
 from bastion import plugins
+from bastion.client import BaseWorker, local_worker
 from bastion.errors import ConfigurationError, TransportError
-from bastion.worker import BaseWorker, Worker, local_worker
+from bastion.worker import Worker
 
 
 class RemoteWorker(BaseWorker):

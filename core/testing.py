@@ -38,7 +38,8 @@ import pytest
 import torch
 
 import bastion as sy
-from bastion.worker import BaseWorker, Worker
+from bastion.client import BaseWorker
+from bastion.worker import Worker
 
 _ids = itertools.count()
 

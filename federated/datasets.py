@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from bastion.client import BaseWorker
 from bastion.errors import ConfigurationError, LocationError
 from bastion.pointer import PointerTensor
-from bastion.worker import BaseWorker
 
 __all__ = ["BaseDataset", "FederatedDataset", "even_shards", "iid_shards", "label_shards"]
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bastion.client import BaseWorker, VirtualWorker
 from bastion.errors import ConfigurationError
 from bastion.federated.datasets import (
     DATA_TAG,
@@ -41,7 +42,7 @@ from bastion.federated.privacy import DPSGD, PrivacyBudgetSpent
 from bastion.federated.strategies import FedAvg, Strategy
 from bastion.federated.trainer import FederatedTrainer, History, RoundMetrics
 from bastion.privacy import Budget, ReleasePolicy
-from bastion.worker import BaseWorker, VirtualWorker, Worker
+from bastion.worker import Worker
 
 __all__ = [
     "digits_model",

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bastion.client import BaseWorker
 from bastion.errors import BastionError, ConfigurationError
 from bastion.federated.datasets import BaseDataset, FederatedDataset
 from bastion.federated.privacy import DPSGD, DPFedAvg, PrivacyBudgetSpent
@@ -49,7 +50,6 @@ from bastion.federated.training import (
 from bastion.logs import get_logger
 from bastion.pointer import PointerTensor
 from bastion.privacy import Accountant
-from bastion.worker import BaseWorker
 
 __all__ = ["FederatedError", "FederatedTrainer", "History", "RoundMetrics", "WorkerDropped"]
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import bastion as sy
+from bastion.client import BaseWorker
 from bastion.events import payload_digest
 from bastion.messages import CallFunction, Get, Ref
 from bastion.pointer import PointerTensor
-from bastion.worker import BaseWorker, Worker
+from bastion.worker import Worker
 
 KEY = b"privacy-attack-key"
 DATA = torch.tensor([[0.5, -1.25, 3.0], [4.0, 0.0, 2.5]])

@@ -24,8 +24,9 @@ from click.testing import CliRunner
 import bastion as sy
 from bastion import plugins
 from bastion.cli import cli
+from bastion.client import BaseWorker
 from bastion.testing import TransportContract
-from bastion.worker import BaseWorker, Worker
+from bastion.worker import Worker
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bastion-pipe-transport"
 KEY = b"pipe-test-key"

@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from bastion import plugins
+from bastion.client import BaseWorker
 from bastion.testing import TransportContract
-from bastion.worker import BaseWorker
 
 _names = itertools.count()
 

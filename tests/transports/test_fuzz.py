@@ -19,12 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastion import serde
+from bastion.client import BaseWorker
 from bastion.errors import ConnectionLost
 from bastion.messages import Create, Get, Ref, RunOp
 from bastion.transports import tcp as tcp_module
 from bastion.transports.handshake import greet_worker
 from bastion.transports.tcp import TcpChannel, TcpTransport
-from bastion.worker import BaseWorker, Worker
+from bastion.worker import Worker
 
 KEY = b"fuzz-key"
 LIMITS = serde.Limits(max_frame_bytes=1 << 20, max_meta_bytes=1 << 14, max_buffers=8)

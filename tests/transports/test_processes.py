@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import bastion as sy
+from bastion.client import BaseWorker
 from bastion.stores import EventLog
 from bastion.transports.shm import ShmTransport
-from bastion.worker import BaseWorker, Worker
+from bastion.worker import Worker
 
 
 @pytest.fixture(params=["memory", "tcp", "shm"])
@@ -101,7 +102,7 @@ def test_a_worker_killed_mid_transfer_leaves_a_clear_error_and_others_untouched(
 CLIENT = """
 import sys, time, torch
 from bastion.transports.shm import ShmTransport
-from bastion.worker import BaseWorker
+from bastion.client import BaseWorker
 connection = ShmTransport().connect(sys.argv[1], authkey=b"k", peer="doomed-client")
 handle = BaseWorker("w", sys.argv[1], connection)
 pointer = handle.send(torch.randn(1024, 1024))

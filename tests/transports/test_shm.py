@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import bastion as sy
+from bastion.client import BaseWorker
 from bastion.testing import TransportContract
 from bastion.transports.shm import ShmTransport
-from bastion.worker import BaseWorker, Worker
+from bastion.worker import Worker
 
 KEY = b"shm-test-key"
 _names = itertools.count()

@@ -16,10 +16,11 @@ import torch
 
 import bastion as sy
 from bastion import plugins
+from bastion.client import BaseWorker
 from bastion.testing import TransportContract
 from bastion.transports.shm import ShmTransport
 from bastion.transports.tcp import TcpTransport
-from bastion.worker import BaseWorker, Worker
+from bastion.worker import Worker
 
 KEY = b"tcp-test-key"
 _names = itertools.count()
