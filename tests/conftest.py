@@ -55,3 +55,30 @@ def m1(make_worker: Callable[..., sy.VirtualWorker]) -> sy.VirtualWorker:
 @pytest.fixture
 def m2(make_worker: Callable[..., sy.VirtualWorker]) -> sy.VirtualWorker:
     return make_worker("M2")
+
+
+# PostgreSQL: .ci/run starts a server and sets BASTION_TEST_POSTGRES_URL and
+# BASTION_REQUIRE_POSTGRES=1 (there a server that cannot be reached fails the tests);
+# elsewhere the tests that need one are skipped, saying why, when none answers.
+POSTGRES_URL = os.environ.get(
+    "BASTION_TEST_POSTGRES_URL", "postgresql+psycopg://bastion:bastion@127.0.0.1:5432/bastion_test"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The URL of a reachable PostgreSQL test database."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # no driver, no server, wrong credentials
+        if os.environ.get("BASTION_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required here but {POSTGRES_URL} cannot be reached: {exc}")
+        pytest.skip(
+            f"no PostgreSQL server at {POSTGRES_URL} ({type(exc).__name__}); .ci/run starts one"
+        )
+    return POSTGRES_URL

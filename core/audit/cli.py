@@ -65,6 +65,9 @@ db_argument = click.argument("db", metavar="DB")
 worker_option = click.option("--worker", "-w", default=None, help="Only this worker's log.")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="One JSON object per line, for scripts.")  # fmt: skip
+with_option = click.option("--with", "also", multiple=True, metavar="DB2",
+                           help="Another database holding the logs of workers objects moved "
+                           "to (repeat).")  # fmt: skip
 
 
 def _print(renderable: Any) -> None:
@@ -186,13 +189,7 @@ def show(db: str, seq: int, worker: str | None, as_json: bool) -> None:
 @db_argument
 @click.argument("object_id", type=int)
 @worker_option
-@click.option(
-    "--with",
-    "also",
-    multiple=True,
-    metavar="DB2",
-    help="Another database holding the logs of workers it moved to (repeat).",
-)
+@with_option
 @click.option(
     "--max-nodes",
     type=click.IntRange(min=10),
@@ -421,13 +418,7 @@ def tail(db: str, worker: str | None, lines: int, follow: bool, interval: float,
     show_default=True,
     help="The HTML file to write.",
 )
-@click.option(
-    "--with",
-    "also",
-    multiple=True,
-    metavar="DB2",
-    help="Another database with the logs of workers objects moved to (repeat).",
-)
+@with_option
 @click.option(
     "--max-objects",
     type=click.IntRange(min=1),

@@ -8,33 +8,13 @@ Elsewhere they are skipped, saying why, when no server answers.
 
 from __future__ import annotations
 
-import os
 import uuid
 
-import pytest
 import sqlalchemy as sa
 import torch
 
 import bastion as sy
 from bastion.stores import EventLog, replay, verify
-
-URL = os.environ.get(
-    "BASTION_TEST_POSTGRES_URL", "postgresql+psycopg://bastion:bastion@127.0.0.1:5432/bastion_test"
-)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> str:
-    try:
-        engine = sa.create_engine(URL)
-        with engine.connect() as conn:
-            conn.execute(sa.text("select 1"))
-        engine.dispose()
-    except Exception as exc:  # no driver, no server, wrong credentials
-        if os.environ.get("BASTION_REQUIRE_POSTGRES"):
-            pytest.fail(f"PostgreSQL is required here but {URL} cannot be reached: {exc}")
-        pytest.skip(f"no PostgreSQL server at {URL} ({type(exc).__name__}); .ci/run starts one")
-    return URL
 
 
 def _ids(*names: str) -> list[str]:
