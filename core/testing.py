@@ -44,6 +44,32 @@ from bastion.worker import Worker
 _ids = itertools.count()
 
 
+def run_concurrently(work: Callable[[int], object], count: int) -> None:
+    """Run ``work(0)`` ... ``work(count - 1)`` on as many threads at once, wait for all, and
+    re-raise the first failure (an assertion inside a thread fails the test).
+
+    >>> seen = []
+    >>> run_concurrently(seen.append, 3)
+    >>> sorted(seen)
+    [0, 1, 2]
+    """
+    failures: list[BaseException] = []
+
+    def guarded(k: int) -> None:
+        try:
+            work(k)
+        except BaseException as exc:  # collected and re-raised below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
 class TransportContract:
     """The behaviour every transport must show; subclasses provide ``serve_worker``."""
 
@@ -110,18 +136,9 @@ class TransportContract:
     def test_concurrent_requests(self, pair) -> None:
         _, handle = pair[0]
         base = handle.send(torch.arange(4.0))
-        failures: list[BaseException] = []
 
         def work(k: int) -> None:
-            try:
-                for _ in range(50):
-                    assert torch.equal((base + k).get(), torch.arange(4.0) + k)
-            except BaseException as exc:  # collected and re-raised below
-                failures.append(exc)
+            for _ in range(50):
+                assert torch.equal((base + k).get(), torch.arange(4.0) + k)
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not failures, failures[0]
+        run_concurrently(work, 4)

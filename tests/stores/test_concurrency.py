@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
 import bastion as sy
 from bastion.stores import verify
+from bastion.testing import run_concurrently
 
 
 def test_8_threads_x_2000_operations_leave_a_gapless_log_in_store_order(tmp_path):
     path = tmp_path / "busy.db"
     worker = sy.VirtualWorker(id="busy", db=str(path))
-    failures: list[BaseException] = []
 
     def client(k: int) -> None:
-        try:
-            for i in range(500):  # 4 operations each: send, op, get, and a collected delete
-                p = worker.send(torch.tensor([float(k), float(i)]))
-                q = p * 2
-                assert q.get().tolist() == [2.0 * k, 2.0 * i]
-                del p
-        except BaseException as exc:  # re-raised below
-            failures.append(exc)
+        for i in range(500):  # 4 operations each: send, op, get, and a collected delete
+            p = worker.send(torch.tensor([float(k), float(i)]))
+            q = p * 2
+            assert q.get().tolist() == [2.0 * k, 2.0 * i]
+            del p
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures, failures[0]
+    run_concurrently(client, 8)
     final = set(worker._objects)
     events = worker.audit.events()
     worker.close()

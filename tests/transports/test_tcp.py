@@ -17,7 +17,7 @@ import torch
 import bastion as sy
 from bastion import plugins
 from bastion.client import BaseWorker
-from bastion.testing import TransportContract
+from bastion.testing import TransportContract, run_concurrently
 from bastion.transports.shm import ShmTransport
 from bastion.transports.tcp import TcpTransport
 from bastion.worker import Worker
@@ -122,25 +122,16 @@ def test_a_silent_peer_gives_connection_lost_after_the_timeout():
 
 def test_many_concurrent_clients(served):
     worker, server, _ = served
-    failures = []
 
     def client(k: int) -> None:
-        try:
-            connection = TcpTransport().connect(server.address, authkey=KEY, peer=f"c{k}")
-            handle = BaseWorker(worker.id, server.address, connection)
-            base = handle.send(torch.tensor([float(k)]))
-            for i in range(100):
-                assert (base + i).get().item() == k + i
-            connection.close()
-        except BaseException as exc:  # re-raised below
-            failures.append(exc)
+        connection = TcpTransport().connect(server.address, authkey=KEY, peer=f"c{k}")
+        handle = BaseWorker(worker.id, server.address, connection)
+        base = handle.send(torch.tensor([float(k)]))
+        for i in range(100):
+            assert (base + i).get().item() == k + i
+        connection.close()
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures, failures[0]
+    run_concurrently(client, 8)
     peers = {e.peer for e in worker.log.events(kind="create")}
     assert peers == {f"c{k}" for k in range(8)}
 
