@@ -64,42 +64,76 @@ class ReplayedStore(dict):
         self.missing: list[int] = []
 
 
+def log_location(url: str | os.PathLike[str]) -> tuple[str, str, str | None]:
+    """``(SQLAlchemy URL, the name to give it in messages, SQLite file path or None)`` of a
+    log to read; a file path stands for a SQLite file."""
+    text = os.fspath(url)
+    if "://" not in text:
+        path = os.path.abspath(text)
+        return "sqlite:///" + path, text, path
+    try:
+        parsed = sa.make_url(text)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise EventLogError(f"{text!r} is neither a file path nor a database URL: {exc}") from exc
+    name = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise EventLogError("an in-memory database holds no log to read; give a file path")
+        return text, name, os.path.abspath(parsed.database)
+    return text, name, None
+
+
 def open_read_only(url: str | os.PathLike[str]) -> sa.Engine:
-    """An engine on an existing bastion log that cannot write (SQLite opens with mode=ro).
+    """An engine on an existing bastion log that cannot write: SQLite opens with ``mode=ro``
+    (a missing file is an error, never created), PostgreSQL sessions are read-only.
 
     Raises :class:`bastion.EventLogError` naming the file for a missing file, a file that is
     not a database or not a bastion log, and a log written by a newer bastion.
     """
-    resolved = _resolve_url(url)
-    parsed = sa.make_url(resolved)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        path = parsed.database
-        if not os.path.exists(path):
-            raise EventLogError(f"no event log at {path}: the file does not exist")
+    resolved, name, path = log_location(url)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise EventLogError(f"no event log at {name}: the file does not exist")
         engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
-        where = path
     else:
-        engine = sa.create_engine(parsed)
-        where = parsed.render_as_string(hide_password=True)
+        try:
+            engine = sa.create_engine(resolved)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise EventLogError(
+                f"cannot open {name}: {exc}. Give a SQLite file path or a SQLAlchemy URL whose "
+                "driver is installed"
+            ) from None
+        if engine.dialect.name == "postgresql":  # the server refuses writes too
+            sa.event.listen(engine, "connect", _read_only_session)
     try:
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
-            if "bastion_events" not in tables or "bastion_schema" not in tables:
-                raise EventLogError(f"{where} is not a bastion event log (no bastion_events table)")
+            if not {"bastion_events", "bastion_schema"} <= tables:
+                raise EventLogError(
+                    f"{name} is not a bastion event log (it has no bastion_events table)"
+                )
             version = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
+        if version is not None and version > SCHEMA_VERSION:
+            raise EventLogError(
+                f"the event log at {name} was written by a newer bastion (schema version "
+                f"{version}; this one reads up to {SCHEMA_VERSION}): upgrade bastion to read it"
+            )
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise EventLogError(f"cannot read the event log at {where}: {_reason(exc)}") from exc
-    except EventLogError:
+        raise EventLogError(
+            f"{name} is not a readable bastion event log: {_reason(exc)}"
+        ) from exc
+    except BaseException:
         engine.dispose()
         raise
-    if version is not None and version > SCHEMA_VERSION:
-        engine.dispose()
-        raise EventLogError(
-            f"the event log at {where} was written by a newer bastion (schema version {version}, "
-            f"this one reads {SCHEMA_VERSION}); upgrade bastion"
-        )
     return engine
+
+
+def _read_only_session(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    cursor.close()
+    dbapi_conn.commit()
 
 
 def replay(
@@ -117,7 +151,7 @@ def replay(
     ``.blobs`` folder beside a SQLite file). Read-only.
     """
     resolved = _resolve_url(url)
-    engine = open_read_only(resolved)
+    engine = open_read_only(url)
     folder = os.path.abspath(blob_dir) if blob_dir else _payloads.default_blob_dir(resolved)
     try:
         with engine.connect() as conn:

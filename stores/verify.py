@@ -64,7 +64,7 @@ def verify(
     """
     resolved = _resolve_url(url)
     folder = os.path.abspath(blob_dir) if blob_dir else _payloads.default_blob_dir(resolved)
-    engine = open_read_only(resolved)
+    engine = open_read_only(url)
     try:
         with engine.connect() as conn:
             checked, failure, stored = _walk(conn, worker, batch)

@@ -37,7 +37,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bastion.errors import AuditError, EventLogError
 from bastion.events import Event
-from bastion.stores.eventlog import SCHEMA_VERSION, events_table, schema_table
+from bastion.stores.eventlog import events_table
+from bastion.stores.replay import log_location, open_read_only
 
 #: A place in a log: a ``seq`` (int) or a time (``datetime``, or POSIX seconds as a float).
 Point = int | float | dt.datetime
@@ -107,24 +108,6 @@ def to_event(row: Sequence[Any]) -> Event:
                  _ints(shape), digest, details, prev_hash, hash_)  # fmt: skip
 
 
-def _location(url: str | os.PathLike[str]) -> tuple[str, str, str | None]:
-    """(SQLAlchemy URL, what to call it in messages, SQLite file path or None)."""
-    text = os.fspath(url)
-    if "://" not in text:
-        path = os.path.abspath(text)
-        return "sqlite:///" + path, text, path
-    try:
-        parsed = sa.make_url(text)
-    except (SQLAlchemyError, ValueError) as exc:
-        raise EventLogError(f"{text!r} is neither a file path nor a database URL: {exc}") from exc
-    name = parsed.render_as_string(hide_password=True)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            raise EventLogError("an in-memory database holds no log to audit; give a file path")
-        return text, name, os.path.abspath(parsed.database)
-    return text, name, None
-
-
 class AuditLog:
     """A read-only view of the event logs in one database (one worker's or several).
 
@@ -133,44 +116,8 @@ class AuditLog:
     """
 
     def __init__(self, url: str | os.PathLike[str]) -> None:
-        self.url, self.name, path = _location(url)
-        if path is not None:
-            if not os.path.isfile(path):
-                raise EventLogError(f"no event log at {self.name}: the file does not exist")
-            self.engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
-        else:
-            try:
-                self.engine = sa.create_engine(self.url)
-                if self.engine.dialect.name == "postgresql":  # the server refuses writes too
-                    sa.event.listen(self.engine, "connect", _read_only_session)
-            except (SQLAlchemyError, ImportError, ValueError) as exc:
-                raise EventLogError(
-                    f"cannot open {self.name}: {exc}. Give a SQLite file path or "
-                    "a SQLAlchemy URL whose driver is installed"
-                ) from None
-        try:
-            self._check()
-        except BaseException:
-            self.engine.dispose()
-            raise
-
-    def _check(self) -> None:
-        try:
-            with self.engine.connect() as conn:
-                tables = set(sa.inspect(conn).get_table_names())
-                if not {"bastion_events", "bastion_schema"} <= tables:
-                    raise EventLogError(
-                        f"{self.name} is not a bastion event log (it has no bastion_events table)"
-                    )
-                version = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
-        except SQLAlchemyError as exc:
-            raise EventLogError(f"{self.name} is not a readable bastion event log: "
-                                f"{_reason(exc)}") from exc  # fmt: skip
-        if version is not None and version > SCHEMA_VERSION:
-            raise EventLogError(
-                f"the event log at {self.name} was written by a newer bastion (schema version "
-                f"{version}; this one reads up to {SCHEMA_VERSION}): upgrade bastion to audit it"
-            )
+        self.url, self.name, _ = log_location(url)
+        self.engine = open_read_only(url)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -417,13 +364,6 @@ class AuditLog:
             bounds = self.bounds(worker)
             result[worker] = bounds[1].seq if bounds else 0
         return result
-
-
-def _read_only_session(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-    cursor.close()
-    dbapi_conn.commit()
 
 
 def _names(workers: Sequence[str]) -> str:
