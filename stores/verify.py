@@ -148,20 +148,25 @@ def _check_payloads(
     conn: sa.Connection, stored: dict[str, tuple[str, int]], folder: str | None,
     chain_failure: Failure | None,
 ) -> Failure | None:
-    """The earliest event whose payload is missing or does not match its digest."""
-    rows = _payloads.load_many(conn, stored, folder)
+    """The earliest event whose payload is missing or does not match its digest (payloads
+    are read 500 at a time, so a large store is never in memory at once)."""
     first: Failure | None = None
-    for digest, where in stored.items():
-        if chain_failure is not None and where >= chain_failure[0]:
-            continue  # the chain already fails earlier
-        if first is not None and where >= first[0]:
-            continue
-        row = rows.get(digest)
-        if row is None:
-            first = (where, f"its payload {digest[:16]}... is missing from bastion_payloads")
-            continue
-        reason = _payloads.check(row, folder)
-        if reason is not None:
-            first = (where, reason)
+    digests = list(stored)
+    for start in range(0, len(digests), 500):
+        chunk = digests[start : start + 500]
+        rows = _payloads.load_many(conn, chunk, folder)
+        for digest in chunk:
+            where = stored[digest]
+            if chain_failure is not None and where >= chain_failure[0]:
+                continue  # the chain already fails earlier
+            if first is not None and where >= first[0]:
+                continue
+            row = rows.get(digest)
+            if row is None:
+                first = (where, f"its payload {digest[:16]}... is missing from bastion_payloads")
+                continue
+            reason = _payloads.check(row, folder)
+            if reason is not None:
+                first = (where, reason)
     return first
 
