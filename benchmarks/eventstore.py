@@ -35,14 +35,23 @@ def _silence(worker: sy.VirtualWorker) -> None:
     log.store_payload = lambda digest, value: None
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far by process ``pid`` (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return 0.0
+
+
 def bench_ops(folder: str, number: int, repeat: int) -> None:
     print("pointer op x + y on 2-element tensors (per op)")
     a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
     plain = median_seconds(lambda: a + b, number * 10, repeat)
     setups = [
         ("audit log off", {}, True),
-        ("batched, in-memory log", {}, False),
         ("batched, SQLite file + payloads", {"db": os.path.join(folder, "ops-b.db")}, False),
+        ("batched, in-memory log (inline)", {}, False),
         ("strict, SQLite file + payloads", {"db": os.path.join(folder, "ops-s.db"),
                                             "durability": "strict"}, False),  # fmt: skip
     ]
@@ -53,13 +62,20 @@ def bench_ops(folder: str, number: int, repeat: int) -> None:
             _silence(worker)
         x, y = worker.send(a), worker.send(b)
         n = number // 20 if "strict" in label else number
+        pid = worker._worker.log.writer_pid
+        cpu = _cpu_seconds(pid)
         seconds = median_seconds(lambda x=x, y=y: x + y, n, repeat)
         off = seconds if off is None else off
         row(label, seconds, "plain torch", plain)
         if not silent:
             row(f"  {label}", seconds, "audit log off", off)
+        if pid is not None:
+            worker._worker.log.flush()
+            spent = (_cpu_seconds(pid) - cpu) / (n * (repeat + 1))
+            print(f"  {'  its writer process, CPU per op':<44} {spent * 1e6:10.2f} us "
+                  "(on another CPU; 2 events per op)")
         worker.close()
-    print("  target: batched in-memory <= 1.15x audit log off")
+    print("  target: batched (SQLite file, the writer process) <= 1.15x audit log off")
 
 
 def _raw_sqlite(path: str, sql: str, rows: list[tuple]) -> float:
@@ -80,14 +96,18 @@ def _raw_sqlite(path: str, sql: str, rows: list[tuple]) -> float:
 def bench_appends(folder: str, n: int) -> None:
     print(f"appending {n:,} create events (per event)")
     digest, detail = "ab" * 32, '{"payload":"db"}'
-    log = EventLog(os.path.join(folder, "appends.db"), "M1", batch_size=1000)
-    record = log.record
-    start = time.perf_counter()
-    for seq in range(1, n + 1):
-        record("create", 10**9 + seq, "me", "op", "add", (1, 2), "float32", (2,), digest, detail)
-    log.flush()
-    seconds = (time.perf_counter() - start) / n
-    log.close()
+    times = {}
+    for writer in (False, True):
+        name = "appends-writer.db" if writer else "appends.db"
+        log = EventLog(os.path.join(folder, name), "M1", batch_size=1000, writer=writer)
+        record = log.record
+        start = time.perf_counter()
+        for seq in range(1, n + 1):
+            record("create", 10**9 + seq, "me", "op", "add", (1, 2), "float32", (2,), digest,
+                   detail)  # fmt: skip
+        log.flush()
+        times[writer] = (time.perf_counter() - start) / n
+        log.close()
     # The baseline writes the very rows the log wrote (hashes included) into an empty copy
     # of the same table, with its primary key and index.
     empty = os.path.join(folder, "raw.db")
@@ -95,9 +115,11 @@ def bench_appends(folder: str, n: int) -> None:
     with sqlite3.connect(os.path.join(folder, "appends.db")) as conn:
         rows = conn.execute("select * from bastion_events order by seq").fetchall()
     raw = _raw_sqlite(empty, log._insert_sql, rows) / n
-    row("EventLog.record + flush (hash chain)", seconds, "raw sqlite3 1000/commit", raw)
-    print(f"  {'':<44} {1 / seconds:10,.0f} events/s vs {1 / raw:,.0f} raw "
-          f"(rate ratio {raw / seconds:.2f}, target >= 0.5)")
+    for writer, label in ((False, "inline"), (True, "writer process")):
+        seconds = times[writer]
+        row(f"EventLog.record + flush, {label}", seconds, "raw sqlite3 1000/commit", raw)
+        print(f"  {'':<44} {1 / seconds:10,.0f} events/s vs {1 / raw:,.0f} raw "
+              f"(rate ratio {raw / seconds:.2f}, target >= 0.5)")
 
 
 def bench_replay(folder: str, n: int) -> None:

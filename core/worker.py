@@ -80,6 +80,9 @@ def _notify_plugins(build: Any) -> None:
             plugins.observe(event)
 
 
+_notify_plugins.wanted = plugins.has_observers  # type: ignore[attr-defined]
+
+
 def _is_structseq(value: Any) -> bool:
     return type(value).__module__ == "torch.return_types"
 

@@ -11,6 +11,11 @@ transaction when it reaches ``batch_size``, by a process-wide flusher thread eve
 ``flush_interval`` seconds, on ``flush``/``events``/``close``, and at interpreter exit. In
 ``strict`` mode ``append`` returns only once its row is committed (``synchronous=FULL`` on
 SQLite). Hashes and JSON are computed at flush time, in ``seq`` order.
+
+A batched log in a SQLite file hands each batch to a writer process instead
+(:mod:`bastion.stores.writer`), which chains, encodes and commits it on another CPU; ``flush``
+waits for its commit. If the writer fails, the log takes its unacknowledged batches back and
+writes inline from then on.
 """
 
 from __future__ import annotations
@@ -22,12 +27,11 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from operator import index
 from typing import Any
 
-import blake3
-import msgpack
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -37,6 +41,7 @@ from bastion.errors import ConfigurationError, EventLogError
 from bastion.events import EVENT_KINDS, Event
 from bastion.logs import get_logger
 from bastion.stores import payloads as _payloads
+from bastion.stores import writer as _writer
 from bastion.stores.payloads import PayloadRow, payloads_table, snapshots_table
 
 SCHEMA_VERSION = 1
@@ -130,20 +135,7 @@ def event_hash(
         detail = _canonical(detail) if detail else "{}"
     fields = (worker, seq, ts, kind, object_id, peer, origin, op, tuple(inputs), dtype,
               None if shape is None else tuple(shape), digest, detail)  # fmt: skip
-    return _hash(prev_hash, fields)
-
-
-_packers = threading.local()
-
-
-def _hash(prev_hash: str, fields: tuple[Any, ...]) -> str:
-    """BLAKE3 over ``prev_hash`` and ``msgpack(fields)`` (tuples pack as arrays)."""
-    packer = getattr(_packers, "packer", None)
-    if packer is None:
-        packer = _packers.packer = msgpack.Packer()
-    hasher = blake3.blake3(prev_hash.encode())
-    hasher.update(packer.pack(fields))
-    return hasher.hexdigest()
+    return _writer.chain_hash(prev_hash, fields)
 
 
 def expected_hash(event: Event) -> str:
@@ -156,7 +148,8 @@ class EventLog:
 
     ``url``: ``None`` for a private in-memory SQLite database, a SQLAlchemy URL, or a file path
     (SQLite, WAL). ``durability``: ``"batched"`` (group commit) or ``"strict"`` (each ``append``
-    is committed before it returns).
+    is committed before it returns). ``writer``: hand batches to the writer process (default:
+    yes for a batched log in a plain SQLite file, the only kind it serves).
 
     >>> with EventLog(None, "alice") as log:
     ...     log.append("create", object_id=7, origin="send", dtype="float32", shape=(2,))
@@ -179,6 +172,7 @@ class EventLog:
         payloads: bool | None = None,
         blob_dir: str | os.PathLike[str] | None = None,
         blob_threshold: int = 1 << 20,
+        writer: bool | None = None,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise ConfigurationError(
@@ -195,13 +189,15 @@ class EventLog:
         self.durability = durability
         self.batch_size = batch_size
         #: called after each written batch with a function that builds its ``Event``s
-        #: (built only if asked for: observing costs nothing when nobody listens)
+        #: (built only if asked for: observing costs nothing when nobody listens); an
+        #: observer with a ``wanted()`` attribute is asked first, before each batch
         self.observer = observer
         self.flush_interval = flush_interval
         #: whether created objects' payloads are stored (default: unless the log is in memory)
         self.payloads = self.url != "sqlite://" if payloads is None else bool(payloads)
         self.blob_threshold = blob_threshold
         self._strict = durability == "strict"
+        self._eager = self._strict  # write at every record (strict, or payload bytes piled up)
         self._stored: dict[str, str] = {}  # digests known to be stored (or queued): "db"/"file"
         self._pending_payloads: list[PayloadRow] = []
         self._pending_payload_bytes = 0
@@ -223,12 +219,53 @@ class EventLog:
         self._read_lock = self._flush_lock if memory else contextlib.nullcontext()
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._insert_sql = str(events_table.insert().compile(dialect=self._engine.dialect))
+        path = self._writer_path()
+        if writer and path is None:
+            self._engine.dispose()
+            raise ConfigurationError(
+                "writer=True needs a batched log in a SQLite file (a path or sqlite:///path)"
+            )
         try:
             self._next_seq, self._last_hash = self._setup()
         except BaseException:
             self._engine.dispose()
             raise
+        # Batches handed to the writer process and not yet acknowledged, oldest first.
+        # (Kept packed: the tuples are freed at once, which keeps the op thread's memory warm.)
+        self._inflight: deque[bytes] = deque()
+        self._acked = threading.Condition(self._lock)
+        self._writer_error: str | None = None
+        self._channel: _writer.Channel | None = None
+        self._key = 0
+        if writer is None:
+            writer = path is not None
+        if writer:
+            self._start_writer(path)  # type: ignore[arg-type]
         _register(self)
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The pid of the writer process this log hands its batches to (``None``: inline)."""
+        channel = self._channel
+        return None if channel is None else channel.pid
+
+    def _writer_path(self) -> str | None:
+        """The file a writer process may write this log to: batched, SQLite, a plain path."""
+        parsed = sa.make_url(self.url)
+        if (self._strict or not self._sqlite or parsed.query
+                or parsed.database in (None, "", ":memory:")
+                or parsed.database.startswith("file:")):  # fmt: skip
+            return None
+        return parsed.database
+
+    def _start_writer(self, path: str) -> None:
+        try:
+            channel = _writer.channel()
+            self._key = channel.open(self._on_reply, path, self.worker_id, self._last_hash, 5.0)
+        except (OSError, _writer.WriterGone) as exc:
+            _log.warning("eventlog.writer_unavailable", worker=self.worker_id, error=str(exc))
+            return
+        self._channel = channel
 
     def _setup(self) -> tuple[int, str]:
         t = events_table.c
@@ -290,6 +327,8 @@ class EventLog:
             self._stored[digest] = where
             self._pending_payloads.append(row)
             self._pending_payload_bytes += len(row.data or b"")
+            if self._pending_payload_bytes >= _MAX_PENDING_PAYLOAD_BYTES:
+                self._eager = True
         return where
 
     def snapshot(self, objects: Sequence[tuple[int, str, str | None]]) -> int:
@@ -373,24 +412,158 @@ class EventLog:
                 raise EventLogError(f"the event log of {self.worker_id!r} is closed")
             seq = self._next_seq
             self._next_seq = seq + 1
-            self._pending.append((seq, time.time(), kind, object_id, peer, origin, op, inputs,
-                                  dtype, shape, digest, detail_json))  # fmt: skip
-            full = len(self._pending) >= self.batch_size
-        if self._strict or full or self._pending_payload_bytes >= _MAX_PENDING_PAYLOAD_BYTES:
+            pending = self._pending
+            pending.append((seq, _now(), kind, object_id, peer, origin, op, inputs, dtype, shape,
+                            digest, detail_json))  # fmt: skip
+            if len(pending) < self.batch_size and not self._eager:
+                return seq
+        # A full batch, strict mode, or many payload bytes queued: write (or hand over) now.
+        if self._channel is not None and self._writer_error is None:
+            with self._flush_lock:
+                self._send()
+        else:
             self.flush()
         return seq
 
     def flush(self) -> None:
-        """Write every pending event, in ``seq`` order, in one transaction."""
+        """Write every pending event, in ``seq`` order, in one transaction; with a writer
+        process, return once it has committed everything queued so far."""
         with self._flush_lock:
             self._flush_locked()
 
+    def _send(self) -> None:
+        """Hand the queue to the writer process (holding ``_flush_lock``: batches in order);
+        once the writer has failed, write inline instead."""
+        if self._channel is None or self._writer_error is not None:
+            self._flush_locked()
+        else:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            if self._writer_error is not None:
+                return
+            batch, self._pending = self._pending, []
+            payload_rows, self._pending_payloads = self._pending_payloads, []
+            snapshots, self._pending_snapshots = self._pending_snapshots, []
+            self._pending_payload_bytes = 0
+            self._eager = self._strict
+        if not batch and not payload_rows and not snapshots:
+            return
+        self._last_flush = time.monotonic()
+        rows = [(s["worker_id"], s["seq"], s["ts"], s["objects"]) for s in snapshots]
+        frame = _writer.pack(["batch", self._key, batch, payload_rows, rows, self._observing()])
+        del batch, payload_rows, snapshots
+        with self._lock:
+            self._inflight.append(frame)
+        try:
+            self._channel.send(frame)  # type: ignore[union-attr]
+        except _writer.WriterGone as exc:
+            with self._lock:
+                self._writer_error = str(exc)
+
+    def _observing(self) -> bool:
+        """Whether written events must be built for the observer (its ``wanted``, if any)."""
+        observer = self.observer
+        if observer is None:
+            return False
+        wanted = getattr(observer, "wanted", None)
+        return True if wanted is None else bool(wanted())
+
+    def _on_reply(self, message: list[Any]) -> None:
+        """A reply of the writer process (on the channel's reader thread)."""
+        built = None
+        with self._lock:
+            if self._channel is None:  # taken over already: a late reply
+                return
+            if message[0] == "ok" and self._writer_error is None and self._inflight:
+                frame = self._inflight.popleft()
+                if message[3]:
+                    built = (_writer.unpack(frame)[2], self._last_hash, message[3])
+                self._last_hash = message[2]
+            elif message[0] == "error" and self._writer_error is None:
+                self._writer_error = str(message[2])
+            self._acked.notify_all()
+        if built is not None:
+            try:
+                self.observer(lambda: _events_of(self.worker_id, *built))  # type: ignore[misc]
+            except Exception as exc:  # an observer never breaks the log
+                _log.warning("eventlog.observer_failed", worker=self.worker_id, error=str(exc))
+
+    def _drain_writer(self) -> None:
+        """Send the queue, wait until the writer has committed it; on a failure of the writer,
+        take its unacknowledged batches back and write inline from now on."""
+        self._hand_over()
+        with self._lock:
+            while self._inflight and self._writer_error is None:
+                self._acked.wait(1.0)
+                if self._channel is not None and not self._channel.alive:
+                    self._acked.wait(0.5)  # let the reader deliver the last replies
+                    if self._inflight and self._writer_error is None:
+                        self._writer_error = "the event log's writer process exited"
+            if self._writer_error is None:
+                return
+            why, channel, self._channel = self._writer_error, self._channel, None
+            self._writer_error = None
+            batches = [_writer.unpack(frame)[2:5] for frame in self._inflight]
+            self._inflight.clear()
+            self._pending[:0] = [event for batch in batches for event in batch[0]]
+            self._pending_payloads[:0] = [PayloadRow(*row) for batch in batches for row in batch[1]]
+            self._pending_snapshots[:0] = [
+                dict(zip(("worker_id", "seq", "ts", "objects"), row))
+                for batch in batches for row in batch[2]
+            ]
+        if channel is not None:
+            channel.close_key(self._key)
+        _log.warning("eventlog.writer_failed", worker=self.worker_id, error=why,
+                     action="writing inline from now on")  # fmt: skip
+        self._resync()
+
+    def _resync(self) -> None:
+        """Drop from the queue what the writer committed but could not acknowledge (it
+        exited in between): the rows at those ``seq``s that are these very events."""
+        with self._lock:
+            pending = list(self._pending)
+        if not pending:
+            return
+        t = events_table.c
+        try:
+            with self._read_lock, self._engine.connect() as conn:
+                stored = conn.execute(
+                    sa.select(t.seq, t.ts, t.kind, t.object_id, t.hash)
+                    .where(t.worker_id == self.worker_id)
+                    .where(t.seq.between(pending[0][0], pending[-1][0]))
+                    .order_by(t.seq)
+                ).all()
+        except SQLAlchemyError as exc:
+            raise EventLogError(
+                f"cannot read the event log at {self._safe_url()}: {_reason(exc)}"
+            ) from exc
+        done = 0
+        for row, event in zip(stored, pending):
+            if (row.seq, row.ts, row.kind, row.object_id) != event[:4]:
+                break  # not ours: the inline write will say why
+            done += 1
+        if done:
+            last_seq = pending[done - 1][0]
+            with self._lock:
+                self._last_hash = stored[done - 1].hash
+                del self._pending[:done]
+                self._pending_snapshots = [
+                    s for s in self._pending_snapshots if s["seq"] > last_seq
+                ]
+
     def _flush_locked(self) -> None:
+        if self._channel is not None:
+            self._drain_writer()
+            if self._channel is not None:
+                return
         with self._lock:
             batch, self._pending = self._pending, []
             payload_rows, self._pending_payloads = self._pending_payloads, []
             snapshots, self._pending_snapshots = self._pending_snapshots, []
             self._pending_payload_bytes = 0
+            self._eager = self._strict
         self._last_flush = time.monotonic()
         if not batch and not payload_rows and not snapshots:
             return
@@ -427,25 +600,7 @@ class EventLog:
                 _log.warning("eventlog.observer_failed", worker=self.worker_id, error=str(exc))
 
     def _encode(self, batch: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], str]:
-        worker, prev, rows = self.worker_id, self._last_hash, []
-        shapes = _SHAPE_TEXT
-        for item in batch:
-            seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape, digest, detail = item
-            h = _hash(prev, (worker, seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape,
-                             digest, detail or "{}"))  # fmt: skip
-            inputs_json = _int_list(inputs) if inputs else None
-            if shape is None:
-                shape_json = None
-            else:
-                shape_json = shapes.get(shape)
-                if shape_json is None:
-                    if len(shapes) > 4096:
-                        shapes.clear()
-                    shape_json = shapes[shape] = _int_list(shape)
-            rows.append((worker, seq, ts, kind, oid, peer, origin, op, inputs_json, dtype,
-                         shape_json, digest, detail, prev, h))  # fmt: skip
-            prev = h
-        return rows, prev
+        return _writer.encode_rows(self.worker_id, self._last_hash, batch)
 
     def events(
         self,
@@ -487,14 +642,22 @@ class EventLog:
 
     def close(self) -> None:
         """Flush, then release the database; calling it again does nothing."""
+        self._close(wait=True)
+
+    def _close(self, wait: bool) -> None:
         with self._flush_lock:
             with self._lock:
                 if self._closed:
                     return
                 self._closed = True
             try:
-                self._flush_locked()
+                if self._channel is not None and not wait:
+                    self._hand_over()  # the writer commits it; nobody is left to wait
+                else:
+                    self._flush_locked()
             finally:
+                if self._channel is not None:
+                    self._channel.close_key(self._key, wait=30.0 if wait else 0.0)
                 self._engine.dispose()
 
     def __enter__(self) -> EventLog:
@@ -507,7 +670,7 @@ class EventLog:
         # An EventLog dropped without close() still writes what it queued.
         with contextlib.suppress(Exception):
             if not self._closed:
-                self.close()
+                self._close(wait=False)  # may run on any thread, the writer's reader too
 
     def __repr__(self) -> str:
         return f"EventLog({self._safe_url()!r}, {self.worker_id!r}, durability={self.durability!r})"
@@ -516,10 +679,12 @@ class EventLog:
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
     def _background_flush(self) -> None:
-        if not self._pending or self._closed:
+        if self._closed or not (self._pending or self._pending_payloads
+                                or self._pending_snapshots or self._writer_error):  # fmt: skip
             return
         try:
-            self.flush()
+            with self._flush_lock:
+                self._send()  # to the writer process, or inline
         except EventLogError as exc:
             if not self._failing:  # once per run of failures, not every tick
                 _log.warning("eventlog.flush_failed", worker=self.worker_id, error=str(exc))
@@ -529,6 +694,7 @@ class EventLog:
 
 
 _MAX_PENDING_PAYLOAD_BYTES = 32 << 20
+_now = time.time
 _OWN_TABLES = frozenset({"bastion_events", "bastion_schema", "bastion_payloads",
                          "bastion_snapshots"})  # fmt: skip
 
@@ -593,6 +759,18 @@ def _make_engine(url: str, durability: str) -> sa.Engine:
     return engine
 
 
+def _events_of(worker: str, batch: list[Any], prev: str, hashes: Sequence[str]) -> list[Event]:
+    """The ``Event``s of a batch the writer process committed, given its hashes."""
+    events = []
+    for item, hash_ in zip(batch, hashes):
+        seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape, digest, detail = item
+        events.append(Event(seq, ts, worker, kind, oid, peer, origin, op, tuple(inputs), dtype,
+                            None if shape is None else tuple(shape), digest,
+                            json.loads(detail) if detail else {}, prev, hash_))  # fmt: skip
+        prev = hash_
+    return events
+
+
 def _event(row: Sequence[Any]) -> Event:
     (worker, seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape, digest, detail,
      prev_hash, hash_) = row  # fmt: skip
@@ -606,13 +784,6 @@ def _to_ints(values: tuple[Any, ...]) -> tuple[int, ...]:
         return tuple(int(index(value)) for value in values)
     except TypeError as exc:
         raise ConfigurationError(f"object_id, inputs and shape take integers: {exc}") from exc
-
-
-_SHAPE_TEXT: dict[tuple[int, ...], str] = {}
-
-
-def _int_list(values: tuple[int, ...]) -> str:
-    return "[" + ",".join(map(str, values)) + "]"
 
 
 def _ints(text: str | None) -> tuple[int, ...] | None:
@@ -671,3 +842,4 @@ def _flush_all() -> None:
             log.flush()
         except EventLogError as exc:
             _log.error("eventlog.lost_at_exit", worker=log.worker_id, error=str(exc))
+    _writer.shutdown()

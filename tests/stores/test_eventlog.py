@@ -175,8 +175,24 @@ class EventLogContract:
 
 
 class TestSQLiteFileBatched(EventLogContract):
+    """The default for a file: batches go to the writer process."""
+
     def make_url(self, tmp_path: Path) -> str:
         return str(tmp_path / "events.db")
+
+    def test_batches_go_to_the_writer_process(self, url: str) -> None:
+        with self.open(url, "w") as log:
+            assert log.writer_pid is not None
+
+
+class TestSQLiteFileBatchedInline(EventLogContract):
+    """A file log that writes its batches itself (``writer=False``)."""
+
+    def make_url(self, tmp_path: Path) -> str:
+        return str(tmp_path / "events.db")
+
+    def open(self, url: str, worker: str, **options: object) -> EventLog:
+        return EventLog(url, worker, writer=False, **options)
 
 
 class TestSQLiteFileStrict(EventLogContract):
@@ -244,11 +260,25 @@ def test_batched_appends_reach_the_file_without_an_explicit_flush(tmp_path: Path
 
 def test_a_full_batch_is_written_by_the_appending_call(tmp_path: Path) -> None:
     path = tmp_path / "e.db"
-    with EventLog(path, "w", batch_size=4, flush_interval=60) as log:
+    with EventLog(path, "w", batch_size=4, flush_interval=60, writer=False) as log:
         for i in range(3):
             log.append("create", object_id=i)
         assert rows_seen_by_sqlite3(path) == []
         log.append("create", object_id=3)
+        assert len(rows_seen_by_sqlite3(path)) == 4
+
+
+def test_a_full_batch_goes_to_the_writer_process_without_a_flush(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with EventLog(path, "w", batch_size=4, flush_interval=60) as log:
+        for i in range(3):
+            log.append("create", object_id=i)
+        time.sleep(0.2)
+        assert rows_seen_by_sqlite3(path) == []  # queued here, not handed over yet
+        log.append("create", object_id=3)
+        deadline = time.monotonic() + 10
+        while len(rows_seen_by_sqlite3(path)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert len(rows_seen_by_sqlite3(path)) == 4
 
 

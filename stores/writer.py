@@ -1,0 +1,388 @@
+"""The event log's writer process: hash chains and SQLite inserts, off the worker's CPU.
+
+A batched log in a SQLite file hands its queued events to one writer process per Python
+process (started on first use as ``python -I .../bastion/stores/writer.py``). The thread that
+runs a worker's operations then only numbers each event and queues a tuple; every 512 events
+(or every ``flush_interval``) the queue crosses a pipe as one MessagePack frame, and the
+writer chains the hashes, encodes the rows and commits them in one transaction, on another
+CPU. The writer imports nothing from bastion (the standard library, blake3 and msgpack), so
+it starts in tens of milliseconds; it commits each batch as it arrives and exits when its
+input closes, so what was handed to it survives a crash (even SIGKILL) of the worker.
+
+Frames both ways are a 4-byte big-endian length and a MessagePack array::
+
+    parent -> writer   ["open", key, path, worker_id, last_hash, timeout]
+                       ["batch", key, events, payload_rows, snapshots, want_hashes]
+                       ["close", key]
+    writer -> parent   ["ok", key, last_hash, hashes]    (hashes: of each event, if wanted)
+                       ["error", key, message]           (later batches of key are refused)
+                       ["closed", key]                   (the file is released if unused)
+
+The chain's encoding lives here (:func:`chain_hash`, :func:`encode_rows`) and nowhere else:
+the log's own inline writer and :func:`bastion.stores.event_hash` use these functions too.
+
+>>> h = chain_hash("", ("w", 1, 0.5, "create", 7, None, "send", None, (), "float32", (2,),
+...                     None, "{}"))
+>>> len(h), h == chain_hash("", ("w", 1, 0.5, "create", 7, None, "send", None, [],
+...                                "float32", [2], None, "{}"))
+(64, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import blake3
+import msgpack
+
+_HEADER = struct.Struct(">I")
+#: how large a frame the writer accepts (a batch is capped far below: 512 events and 32 MiB)
+MAX_FRAME = 1 << 30
+_packers = threading.local()
+
+
+def chain_hash(prev_hash: str, fields: Sequence[Any]) -> str:
+    """BLAKE3 (hex) over ``prev_hash`` and ``msgpack(fields)`` (tuples and lists pack alike)."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer()
+    hasher = blake3.blake3(prev_hash.encode())
+    hasher.update(packer.pack(fields))
+    return hasher.hexdigest()
+
+
+def int_list(values: Sequence[int]) -> str:
+    """``(2, 3)`` -> ``"[2,3]"``: how ``inputs`` and ``shape`` are stored."""
+    return "[" + ",".join(map(str, values)) + "]"
+
+
+_SHAPE_TEXT: dict[tuple[int, ...], str] = {}
+
+
+def encode_rows(
+    worker: str, prev: str, batch: Sequence[Sequence[Any]]
+) -> tuple[list[tuple[Any, ...]], str]:
+    """Rows of ``bastion_events`` for queued events, chained from ``prev``; and the last hash.
+
+    Each queued event is ``(seq, ts, kind, object_id, peer, origin, op, inputs, dtype, shape,
+    digest, detail_json)``.
+    """
+    rows, shapes = [], _SHAPE_TEXT
+    for item in batch:
+        seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape, digest, detail = item
+        h = chain_hash(prev, (worker, seq, ts, kind, oid, peer, origin, op, inputs, dtype,
+                              shape, digest, detail or "{}"))  # fmt: skip
+        inputs_json = int_list(inputs) if inputs else None
+        if shape is None:
+            shape_json = None
+        else:
+            shape = tuple(shape)
+            shape_json = shapes.get(shape)
+            if shape_json is None:
+                if len(shapes) > 4096:
+                    shapes.clear()
+                shape_json = shapes[shape] = int_list(shape)
+        rows.append((worker, seq, ts, kind, oid, peer, origin, op, inputs_json, dtype,
+                     shape_json, digest, detail, prev, h))  # fmt: skip
+        prev = h
+    return rows, prev
+
+
+EVENTS_SQL = (
+    "INSERT INTO bastion_events (worker_id, seq, ts, kind, object_id, peer, origin, op, inputs,"
+    " dtype, shape, digest, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+PAYLOADS_SQL = (
+    "INSERT OR IGNORE INTO bastion_payloads (digest, kind, dtype, shape, nbytes, data, path)"
+    " VALUES (?,?,?,?,?,?,?)"
+)
+SNAPSHOTS_SQL = "INSERT INTO bastion_snapshots (worker_id, seq, ts, objects) VALUES (?,?,?,?)"
+
+
+class WriterGone(Exception):
+    """The writer process cannot take frames (it exited, or this process was forked)."""
+
+
+class Channel:
+    """This process's end of its writer process, shared by every batched SQLite-file log.
+
+    ``open`` registers a log and the function that receives the writer's replies for it
+    (called on the channel's reader thread); ``send`` queues a frame (it blocks only while
+    the pipe is full, which is the back-pressure a slow disk should exert).
+    """
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", os.path.abspath(__file__)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+        )  # fmt: skip
+        self._out = self._proc.stdin.fileno()  # type: ignore[union-attr]
+        _widen_pipe(self._out)
+        self._pid = os.getpid()
+        self._send_lock = threading.Lock()
+        self._handlers: dict[int, weakref.WeakMethod[Callable[[list[Any]], None]]] = {}
+        self._closing: dict[int, threading.Event] = {}
+        self._next_key = 0
+        self.alive = True
+        self._reader = threading.Thread(
+            target=self._read_forever, name="bastion-eventlog-writer", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        """The writer process's pid."""
+        return self._proc.pid
+
+    def open(self, on_reply: Callable[[list[Any]], None], path: str, worker_id: str,
+             last_hash: str, timeout: float) -> int:  # fmt: skip
+        """Register one log (``on_reply`` a bound method); returns its key."""
+        with self._send_lock:
+            self._next_key += 1
+            key = self._next_key
+        self._handlers[key] = weakref.WeakMethod(on_reply)  # type: ignore[arg-type]
+        self.send(["open", key, path, worker_id, last_hash, timeout])
+        return key
+
+    def close_key(self, key: int, wait: float = 0.0) -> None:
+        """Forget one log; the writer closes the file once no log uses it (waiting up to
+        ``wait`` seconds for that, so that a closed log leaves a complete database file)."""
+        self._handlers.pop(key, None)
+        done = self._closing[key] = threading.Event()
+        try:
+            self.send(["close", key])
+        except WriterGone:
+            return
+        finally:
+            if not wait:
+                self._closing.pop(key, None)
+        done.wait(wait)
+        self._closing.pop(key, None)
+
+    def send(self, message: list[Any] | bytes) -> None:
+        """Send one message (or one already :func:`pack`-ed)."""
+        data = message if isinstance(message, bytes) else pack(message)
+        if not self.alive or os.getpid() != self._pid:
+            raise WriterGone("the event log's writer process is gone")
+        view = memoryview(_HEADER.pack(len(data)) + data)
+        try:
+            with self._send_lock:
+                while view:
+                    view = view[os.write(self._out, view) :]
+        except OSError as exc:
+            self.alive = False
+            raise WriterGone(f"the event log's writer process is gone: {exc}") from exc
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Close the pipe and wait for the writer to commit what it holds and exit."""
+        if os.getpid() != self._pid:
+            return
+        self.alive = False
+        with self._send_lock:
+            try:
+                self._proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._reader.join(timeout)
+
+    def _read_forever(self) -> None:
+        stream = self._proc.stdout
+        while True:
+            message = _read_frame(stream)  # type: ignore[arg-type]
+            if message is None:
+                break
+            if message[0] == "closed":
+                done = self._closing.get(message[1])
+                if done is not None:
+                    done.set()
+                continue
+            ref = self._handlers.get(message[1])
+            handler = ref() if ref is not None else None
+            if handler is not None:
+                handler(message)
+        self.alive = False
+        for done in list(self._closing.values()):
+            done.set()
+        for key, ref in list(self._handlers.items()):
+            handler = ref()
+            if handler is not None:
+                handler(["error", key, "the event log's writer process exited"])
+
+
+_channel: Channel | None = None
+_channel_lock = threading.Lock()
+
+
+def channel() -> Channel:
+    """This process's writer channel, started on first use (and again if it died)."""
+    global _channel
+    with _channel_lock:
+        if _channel is None or not _channel.alive or _channel._pid != os.getpid():
+            _channel = Channel()
+        return _channel
+
+
+def shutdown() -> None:
+    """Stop this process's writer, once every log has flushed (called at interpreter exit)."""
+    global _channel
+    with _channel_lock:
+        current, _channel = _channel, None
+    if current is not None:
+        current.shutdown()
+
+
+def _forget_after_fork() -> None:
+    global _channel, _channel_lock
+    _channel, _channel_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe (Linux) so a batch rarely waits for the writer to read."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ
+    except (ImportError, OSError):
+        pass
+
+
+def pack(message: list[Any]) -> bytes:
+    """The MessagePack body of a frame."""
+    return msgpack.packb(message)
+
+
+def unpack(data: bytes) -> Any:
+    """A frame's body back as tuples (what :func:`pack` was given, lists as tuples)."""
+    return msgpack.unpackb(data, use_list=False)
+
+
+def _read_exact(stream: Any, size: int) -> bytes | None:
+    """``size`` bytes, or ``None`` at end of input (a pipe may return fewer per read)."""
+    data = stream.read(size)
+    if data is None or len(data) == size:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = stream.read(size - got)
+        if not more:
+            return None
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _read_frame(stream: Any) -> Any:
+    header = _read_exact(stream, _HEADER.size)
+    if header is None:
+        return None
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes is over the writer's limit")
+    data = _read_exact(stream, size)
+    return None if data is None else unpack(data)
+
+
+# ---------------------------------------------------------------- the writer process
+
+
+class _Log:
+    __slots__ = ("path", "worker", "prev", "failed")
+
+    def __init__(self, path: str, worker: str, prev: str) -> None:
+        self.path, self.worker, self.prev, self.failed = path, worker, prev, None
+
+
+def serve(inp: Any, out: Any) -> None:
+    """The writer's loop: read frames from ``inp`` until it closes, reply on ``out``."""
+    logs: dict[int, _Log] = {}
+    connections: dict[str, sqlite3.Connection] = {}
+
+    def reply(message: list[Any]) -> None:
+        data = msgpack.packb(message)
+        out.write(_HEADER.pack(len(data)) + data)
+        out.flush()
+
+    while True:
+        message = _read_frame(inp)
+        if message is None:
+            break
+        verb, key = message[0], message[1]
+        if verb == "open":
+            path, worker, prev, timeout = message[2:6]
+            logs[key] = log = _Log(path, worker, prev)
+            if path not in connections:
+                try:
+                    connections[path] = _connect(path, timeout)
+                except sqlite3.Error as exc:
+                    log.failed = f"{exc}"
+        elif verb == "close":
+            log = logs.pop(key, None)
+            if log is not None and all(other.path != log.path for other in logs.values()):
+                conn = connections.pop(log.path, None)
+                if conn is not None:
+                    conn.close()
+            reply(["closed", key])
+        elif verb == "batch":
+            log = logs.get(key)
+            if log is None or log.failed is not None:
+                why = "not open" if log is None else log.failed
+                reply(["error", key, f"refused after an earlier failure: {why}"])
+                continue
+            events, payload_rows, snapshots, want_hashes = message[2:6]
+            rows, last = encode_rows(log.worker, log.prev, events)
+            conn = connections[log.path]
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if payload_rows:
+                        conn.executemany(PAYLOADS_SQL, payload_rows)
+                    if snapshots:
+                        conn.executemany(SNAPSHOTS_SQL, snapshots)
+                    if rows:
+                        conn.executemany(EVENTS_SQL, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                log.failed = str(exc)
+                reply(["error", key, log.failed])
+                continue
+            log.prev = last
+            reply(["ok", key, last, [row[-1] for row in rows] if want_hashes else ()])
+    for conn in connections.values():
+        conn.close()
+
+
+def _connect(path: str, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker; EOF ends this
+    with contextlib.suppress(OSError):
+        os.nice(10)  # background work: a worker sharing this CPU gets it first
+    serve(sys.stdin.buffer, sys.stdout.buffer)

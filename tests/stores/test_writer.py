@@ -1,0 +1,131 @@
+"""The writer process behind batched SQLite-file logs: what it was handed survives a crash of
+the worker, and a writer that dies or refuses hands its work back to the log, losing nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import ConfigurationError
+from bastion.stores import EventLog, expected_hash, verify
+
+
+def _rows(path: Path, worker: str) -> list[tuple[int, int]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "select seq, object_id from bastion_events where worker_id = ? order by seq", (worker,)
+        ).fetchall()
+
+
+def _wait_for_rows(path: Path, worker: str, count: int, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and len(_rows(path, worker)) >= count:
+            return
+        time.sleep(0.02)
+
+
+def test_what_was_handed_over_survives_a_sigkill_of_the_worker(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    script = textwrap.dedent(f"""
+        import time
+        from bastion.stores import EventLog
+        log = EventLog({str(path)!r}, "crash", flush_interval=0.05)
+        for i in range(1500):
+            log.append("create", object_id=i)
+        time.sleep(0.5)  # three batches: two full ones, then the flusher hands over the rest
+        print(log.writer_pid, flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        writer_pid = int(child.stdout.readline())  # type: ignore[union-attr]
+        assert writer_pid != child.pid
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    _wait_for_rows(path, "crash", 1500)
+    assert _rows(path, "crash") == [(i + 1, i) for i in range(1500)]
+    assert verify(path).ok
+
+
+def test_a_killed_writer_hands_its_batches_back_and_the_log_writes_inline(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with EventLog(path, "w", flush_interval=60) as log:
+        for i in range(10):
+            log.append("create", object_id=i)
+        log.flush()
+        assert len(_rows(path, "w")) == 10
+        os.kill(log.writer_pid, signal.SIGKILL)  # type: ignore[arg-type]
+        for i in range(10, 20):
+            log.append("create", object_id=i)
+        log.flush()
+        assert log.writer_pid is None
+        for i in range(20, 25):
+            log.append("create", object_id=i)
+        assert [e.object_id for e in log.events()] == list(range(25))
+    assert verify(path).ok
+    with EventLog(path, "fresh") as other:  # a new log starts a new writer process
+        other.append("create", object_id=1)
+        other.flush()
+        assert other.writer_pid is not None
+    assert _rows(path, "fresh") == [(1, 1)]
+
+
+def test_taking_over_skips_what_the_writer_committed_without_answering(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with EventLog(path, "w", flush_interval=60) as log:
+        for i in range(5):
+            log.append("create", object_id=i)
+        queued = list(log._pending)
+        log.flush()
+        # As if the writer had died after committing, before its reply arrived:
+        log._pending[:0] = queued[2:]
+        log._last_hash = "stale"
+        log._resync()
+        assert log._pending == [] and log._last_hash == log.events()[-1].hash
+        log.append("create", object_id=5)
+    assert verify(path).ok and len(_rows(path, "w")) == 6
+
+
+def test_a_foreign_row_at_a_queued_seq_is_not_mistaken_for_ours(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with EventLog(path, "w", flush_interval=60, writer=False) as log:
+        log.append("create", object_id=1)
+        queued = list(log._pending)
+    with EventLog(path, "w", flush_interval=60) as log:  # seq 1 is taken by another event
+        log._pending[:0] = [(1, *queued[0][1:3], 99, *queued[0][4:])]
+        log._resync()
+        assert [event[0] for event in log._pending] == [1]
+        log._pending.clear()
+
+
+def test_observers_get_the_written_events_with_their_hashes(tmp_path: Path) -> None:
+    seen = []
+    with EventLog(tmp_path / "e.db", "w", observer=lambda build: seen.extend(build())) as log:
+        for i in range(3):
+            log.append("create", object_id=i, detail={"n": i})
+        log.flush()
+        assert seen == log.events()
+    assert [e.detail for e in seen] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert all(e.hash == expected_hash(e) for e in seen)
+
+
+@pytest.mark.parametrize(
+    ("url", "durability"),
+    [(None, "batched"), ("sqlite:///{tmp}/e.db?timeout=1", "batched"), ("{tmp}/e.db", "strict")],
+)
+def test_a_writer_only_for_a_batched_log_in_a_plain_sqlite_file(tmp_path, url, durability):
+    url = url if url is None else url.format(tmp=tmp_path)
+    with EventLog(url, "w", durability=durability) as log:
+        assert log.writer_pid is None
+    with pytest.raises(ConfigurationError, match="writer=True needs"):
+        EventLog(url, "w2", durability=durability, writer=True)
