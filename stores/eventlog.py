@@ -439,20 +439,22 @@ class EventLog:
         else:
             self._hand_over()
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, sync: bool = False) -> bool:
+        """Send the queue as one batch (``sync``: asking for an answer now); whether it did."""
         with self._lock:
             if self._writer_error is not None:
-                return
+                return False
             batch, self._pending = self._pending, []
             payload_rows, self._pending_payloads = self._pending_payloads, []
             snapshots, self._pending_snapshots = self._pending_snapshots, []
             self._pending_payload_bytes = 0
             self._eager = self._strict
         if not batch and not payload_rows and not snapshots:
-            return
+            return False
         self._last_flush = time.monotonic()
         rows = [(s["worker_id"], s["seq"], s["ts"], s["objects"]) for s in snapshots]
-        frame = _writer.pack(["batch", self._key, batch, payload_rows, rows, self._observing()])
+        flags = (_writer.WANT_HASHES if self._observing() else 0) | (_writer.SYNC if sync else 0)
+        frame = _writer.pack(["batch", self._key, batch, payload_rows, rows, flags])
         del batch, payload_rows, snapshots
         with self._lock:
             self._inflight.append(frame)
@@ -461,6 +463,7 @@ class EventLog:
         except _writer.WriterGone as exc:
             with self._lock:
                 self._writer_error = str(exc)
+        return True
 
     def _observing(self) -> bool:
         """Whether written events must be built for the observer (its ``wanted``, if any)."""
@@ -476,10 +479,11 @@ class EventLog:
         with self._lock:
             if self._channel is None:  # taken over already: a late reply
                 return
-            if message[0] == "ok" and self._writer_error is None and self._inflight:
-                frame = self._inflight.popleft()
-                if message[3]:
-                    built = (_writer.unpack(frame)[2], self._last_hash, message[3])
+            if message[0] == "ok" and self._writer_error is None:
+                frames = [self._inflight.popleft() for _ in range(min(message[4],
+                                                                       len(self._inflight)))]
+                if message[3] and len(frames) == 1:  # asked for: one batch, answered at once
+                    built = (_writer.unpack(frames[0])[2], self._last_hash, message[3])
                 self._last_hash = message[2]
             elif message[0] == "error" and self._writer_error is None:
                 self._writer_error = str(message[2])
@@ -493,7 +497,12 @@ class EventLog:
     def _drain_writer(self) -> None:
         """Send the queue, wait until the writer has committed it; on a failure of the writer,
         take its unacknowledged batches back and write inline from now on."""
-        self._hand_over()
+        if not self._hand_over(sync=True) and self._inflight:
+            try:
+                self._channel.send(["sync", self._key])  # type: ignore[union-attr]
+            except _writer.WriterGone as exc:
+                with self._lock:
+                    self._writer_error = self._writer_error or str(exc)
         with self._lock:
             while self._inflight and self._writer_error is None:
                 self._acked.wait(1.0)

@@ -12,11 +12,17 @@ input closes, so what was handed to it survives a crash (even SIGKILL) of the wo
 Frames both ways are a 4-byte big-endian length and a MessagePack array::
 
     parent -> writer   ["open", key, path, worker_id, last_hash, timeout]
-                       ["batch", key, events, payload_rows, snapshots, want_hashes]
+                       ["batch", key, events, payload_rows, snapshots, flags]
+                       ["sync", key]
                        ["close", key]
-    writer -> parent   ["ok", key, last_hash, hashes]    (hashes: of each event, if wanted)
+    writer -> parent   ["ok", key, last_hash, hashes, count]
                        ["error", key, message]           (later batches of key are refused)
                        ["closed", key]                   (the file is released if unused)
+
+``flags``: ``WANT_HASHES`` (the reply lists each event's hash, for observers) and ``SYNC``
+(reply now). ``ok`` acknowledges the ``count`` batches committed since the last one; the
+writer answers at once when asked (``SYNC``, ``sync``, ``WANT_HASHES``) and otherwise at most
+every ``ACK_EVERY`` seconds, so that the worker's process is not woken for every batch.
 
 The chain's encoding lives here (:func:`chain_hash`, :func:`encode_rows`) and nowhere else:
 the log's own inline writer and :func:`bastion.stores.event_hash` use these functions too.
@@ -32,11 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sqlite3
 import struct
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +53,9 @@ import blake3
 import msgpack
 
 _HEADER = struct.Struct(">I")
+WANT_HASHES, SYNC = 1, 2
+#: the longest a committed batch waits for its acknowledgement (unless one is asked for)
+ACK_EVERY = 0.5
 #: how large a frame the writer accepts (a batch is capped far below: 512 events and 32 MiB)
 MAX_FRAME = 1 << 30
 _packers = threading.local()
@@ -250,7 +261,8 @@ def _forget_after_fork() -> None:
     _channel, _channel_lock = None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _widen_pipe(fd: int) -> None:
@@ -304,27 +316,56 @@ def _read_frame(stream: Any) -> Any:
 
 
 class _Log:
-    __slots__ = ("path", "worker", "prev", "failed")
+    __slots__ = ("path", "worker", "prev", "failed", "unacked", "acked_at")
 
     def __init__(self, path: str, worker: str, prev: str) -> None:
         self.path, self.worker, self.prev, self.failed = path, worker, prev, None
+        self.unacked, self.acked_at = 0, time.monotonic()
+
+
+#: how many queued batches of one log the writer commits in one transaction, at most
+GROUP = 16
 
 
 def serve(inp: Any, out: Any) -> None:
-    """The writer's loop: read frames from ``inp`` until it closes, reply on ``out``."""
+    """The writer's loop: read frames from ``inp`` until it closes, reply on ``out``.
+
+    A thread reads ahead (a few frames: a full queue leaves the pipe full, which holds the
+    worker back); batches of one log that are already waiting are committed together.
+    """
     logs: dict[int, _Log] = {}
     connections: dict[str, sqlite3.Connection] = {}
+    frames: queue.Queue[Any] = queue.Queue(maxsize=GROUP * 2)
+
+    def read_ahead() -> None:
+        try:
+            while (message := _read_frame(inp)) is not None:
+                frames.put(message)
+        finally:
+            frames.put(None)
 
     def reply(message: list[Any]) -> None:
         data = msgpack.packb(message)
         out.write(_HEADER.pack(len(data)) + data)
         out.flush()
 
+    def acknowledge(key: int, log: _Log, hashes: Sequence[str] = ()) -> None:
+        reply(["ok", key, log.prev, hashes, log.unacked])
+        log.unacked, log.acked_at = 0, time.monotonic()
+
+    def refuse(key: int, log: _Log | None) -> None:
+        why = "not open" if log is None else log.failed
+        reply(["error", key, f"refused after an earlier failure: {why}"])
+
+    threading.Thread(target=read_ahead, daemon=True).start()
+    carried: Any = ()
     while True:
-        message = _read_frame(inp)
+        message = frames.get() if carried == () else carried
+        carried = ()
         if message is None:
             break
         verb, key = message[0], message[1]
+        log = logs.get(key)
         if verb == "open":
             path, worker, prev, timeout = message[2:6]
             logs[key] = log = _Log(path, worker, prev)
@@ -334,42 +375,66 @@ def serve(inp: Any, out: Any) -> None:
                 except sqlite3.Error as exc:
                     log.failed = f"{exc}"
         elif verb == "close":
-            log = logs.pop(key, None)
+            logs.pop(key, None)
             if log is not None and all(other.path != log.path for other in logs.values()):
                 conn = connections.pop(log.path, None)
                 if conn is not None:
                     conn.close()
             reply(["closed", key])
+        elif log is None or log.failed is not None:
+            refuse(key, log)
+        elif verb == "sync":
+            acknowledge(key, log)
         elif verb == "batch":
-            log = logs.get(key)
-            if log is None or log.failed is not None:
-                why = "not open" if log is None else log.failed
-                reply(["error", key, f"refused after an earlier failure: {why}"])
-                continue
-            events, payload_rows, snapshots, want_hashes = message[2:6]
-            rows, last = encode_rows(log.worker, log.prev, events)
-            conn = connections[log.path]
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            group = [message]
+            while len(group) < GROUP:
                 try:
-                    if payload_rows:
-                        conn.executemany(PAYLOADS_SQL, payload_rows)
-                    if snapshots:
-                        conn.executemany(SNAPSHOTS_SQL, snapshots)
-                    if rows:
-                        conn.executemany(EVENTS_SQL, rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                log.failed = str(exc)
-                reply(["error", key, log.failed])
-                continue
-            log.prev = last
-            reply(["ok", key, last, [row[-1] for row in rows] if want_hashes else ()])
+                    following = frames.get_nowait()
+                except queue.Empty:
+                    break
+                if following is None or following[0] != "batch" or following[1] != key:
+                    carried = following
+                    break
+                group.append(following)
+            _commit(connections[log.path], log, group, reply, acknowledge)
     for conn in connections.values():
         conn.close()
+
+
+def _commit(conn: sqlite3.Connection, log: _Log, group: list[Any],
+            reply: Callable[[list[Any]], None],
+            acknowledge: Callable[..., None]) -> None:  # fmt: skip
+    """Commit a group of one log's batches in one transaction, then acknowledge them."""
+    key, prev, encoded = group[0][1], log.prev, []
+    for message in group:
+        rows, prev = encode_rows(log.worker, prev, message[2])
+        encoded.append((rows, prev, message[5]))
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for message, (rows, _, _) in zip(group, encoded):
+                if message[3]:
+                    conn.executemany(PAYLOADS_SQL, message[3])
+                if message[4]:
+                    conn.executemany(SNAPSHOTS_SQL, message[4])
+                if rows:
+                    conn.executemany(EVENTS_SQL, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        log.failed = str(exc)
+        reply(["error", key, log.failed])
+        return
+    for rows, last, flags in encoded:
+        log.prev = last
+        log.unacked += 1
+        if flags & WANT_HASHES:
+            acknowledge(key, log, [row[-1] for row in rows])
+    if log.unacked and (any(flags & SYNC for _, _, flags in encoded)
+                        or time.monotonic() - log.acked_at >= ACK_EVERY):  # fmt: skip
+        acknowledge(key, log)
 
 
 def _connect(path: str, timeout: float) -> sqlite3.Connection:
