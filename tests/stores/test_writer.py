@@ -129,3 +129,30 @@ def test_a_writer_only_for_a_batched_log_in_a_plain_sqlite_file(tmp_path, url, d
         assert log.writer_pid is None
     with pytest.raises(ConfigurationError, match="writer=True needs"):
         EventLog(url, "w2", durability=durability, writer=True)
+
+
+def test_the_writer_loop_commits_every_batch_and_acknowledges_each_once(tmp_path: Path) -> None:
+    import io
+    import struct
+
+    from bastion.stores import writer
+
+    path = tmp_path / "e.db"
+    EventLog(path, "w", writer=False).close()  # the schema
+    batches = [[(seq, 1.5 + seq, "create", seq, "me", "send", None, (), "float32", (2,), None,
+                 None) for seq in range(start, start + 3)] for start in (1, 4, 7)]  # fmt: skip
+    messages = [["open", 1, str(path), "w", "", 5.0]]
+    messages += [["batch", 1, batch, (), (), 0] for batch in batches] + [["sync", 1]]
+    messages += [["batch", 2, batches[0], (), (), 0], ["close", 1]]  # key 2 was never opened
+    stream = b"".join(struct.pack(">I", len(body)) + body for body in map(writer.pack, messages))
+    out = io.BytesIO()
+    writer.serve(io.BytesIO(stream), out)
+    replies, reader = [], io.BytesIO(out.getvalue())
+    while (reply := writer._read_frame(reader)) is not None:
+        replies.append(reply)
+    oks = [r for r in replies if r[0] == "ok"]
+    _, last = writer.encode_rows("w", "", [event for batch in batches for event in batch])
+    assert sum(r[4] for r in oks) == 3 and oks[-1][2] == last
+    assert replies[-2][:2] == ("error", 2) and replies[-1] == ("closed", 1)
+    assert [seq for seq, _ in _rows(path, "w")] == list(range(1, 10))
+    assert verify(path).ok
