@@ -149,7 +149,8 @@ class EventLog:
     ``url``: ``None`` for a private in-memory SQLite database, a SQLAlchemy URL, or a file path
     (SQLite, WAL). ``durability``: ``"batched"`` (group commit) or ``"strict"`` (each ``append``
     is committed before it returns). ``writer``: hand batches to the writer process (default:
-    yes for a batched log in a plain SQLite file, the only kind it serves).
+    yes for a batched log in a plain SQLite file, the only kind it serves, unless the
+    environment sets ``BASTION_EVENTLOG_WRITER=0``).
 
     >>> with EventLog(None, "alice") as log:
     ...     log.append("create", object_id=7, origin="send", dtype="float32", shape=(2,))
@@ -238,7 +239,7 @@ class EventLog:
         self._channel: _writer.Channel | None = None
         self._key = 0
         if writer is None:
-            writer = path is not None
+            writer = path is not None and os.environ.get("BASTION_EVENTLOG_WRITER") != "0"
         if writer:
             self._start_writer(path)  # type: ignore[arg-type]
         _register(self)
@@ -263,7 +264,11 @@ class EventLog:
             channel = _writer.channel()
             self._key = channel.open(self._on_reply, path, self.worker_id, self._last_hash, 5.0)
         except (OSError, _writer.WriterGone) as exc:
-            _log.warning("eventlog.writer_unavailable", worker=self.worker_id, error=str(exc))
+            global _warned_unavailable
+            if not _warned_unavailable:  # once per process: every later log would say the same
+                _warned_unavailable = True
+                _log.warning("eventlog.writer_unavailable", worker=self.worker_id, error=str(exc),
+                             action="logs write inline")  # fmt: skip
             return
         self._channel = channel
 
@@ -704,6 +709,7 @@ class EventLog:
 
 _MAX_PENDING_PAYLOAD_BYTES = 32 << 20
 _now = time.time
+_warned_unavailable = False
 _OWN_TABLES = frozenset({"bastion_events", "bastion_schema", "bastion_payloads",
                          "bastion_snapshots"})  # fmt: skip
 

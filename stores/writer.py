@@ -15,7 +15,8 @@ Frames both ways are a 4-byte big-endian length and a MessagePack array::
                        ["batch", key, events, payload_rows, snapshots, flags]
                        ["sync", key]
                        ["close", key]
-    writer -> parent   ["ok", key, last_hash, hashes, count]
+    writer -> parent   ["ready", 0]                      (first, once it runs)
+                       ["ok", key, last_hash, hashes, count]
                        ["error", key, message]           (later batches of key are refused)
                        ["closed", key]                   (the file is released if unused)
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import select
 import sqlite3
 import struct
 import subprocess
@@ -56,6 +58,8 @@ _HEADER = struct.Struct(">I")
 WANT_HASHES, SYNC = 1, 2
 #: the longest a committed batch waits for its acknowledgement (unless one is asked for)
 ACK_EVERY = 0.5
+#: how long a new writer process may take to say it is ready (seconds)
+START_TIMEOUT = 20.0
 #: how large a frame the writer accepts (a batch is capped far below: 512 events and 32 MiB)
 MAX_FRAME = 1 << 30
 _packers = threading.local()
@@ -137,6 +141,7 @@ class Channel:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
         )  # fmt: skip
         self._out = self._proc.stdin.fileno()  # type: ignore[union-attr]
+        self._await_ready(START_TIMEOUT)
         _widen_pipe(self._out)
         self._pid = os.getpid()
         self._send_lock = threading.Lock()
@@ -148,6 +153,19 @@ class Channel:
             target=self._read_forever, name="bastion-eventlog-writer", daemon=True
         )
         self._reader.start()
+
+    def _await_ready(self, timeout: float) -> None:
+        """Wait for the writer's first frame; a child that is not a writer is stopped."""
+        stream = self._proc.stdout
+        ready, _, _ = select.select([stream], [], [], timeout)
+        message = _read_frame(stream) if ready else None
+        if not message or message[0] != "ready":
+            self._proc.kill()
+            self._proc.wait()
+            raise WriterGone(
+                f"{sys.executable} -I {os.path.abspath(__file__)} did not start an event log "
+                f"writer within {timeout:g} s; logs write inline"
+            )
 
     @property
     def pid(self) -> int:
@@ -238,12 +256,22 @@ _channel: Channel | None = None
 _channel_lock = threading.Lock()
 
 
+_unavailable: str | None = None  # why a writer could not start (then none is tried again)
+
+
 def channel() -> Channel:
-    """This process's writer channel, started on first use (and again if it died)."""
-    global _channel
+    """This process's writer channel, started on first use (and again if it died); raises
+    :class:`WriterGone` for good once a writer failed to start."""
+    global _channel, _unavailable
     with _channel_lock:
+        if _unavailable is not None:
+            raise WriterGone(_unavailable)
         if _channel is None or not _channel.alive or _channel._pid != os.getpid():
-            _channel = Channel()
+            try:
+                _channel = Channel()
+            except (OSError, WriterGone) as exc:
+                _unavailable = str(exc)
+                raise WriterGone(_unavailable) from exc
         return _channel
 
 
@@ -258,7 +286,7 @@ def shutdown() -> None:
 
 def _forget_after_fork() -> None:
     global _channel, _channel_lock
-    _channel, _channel_lock = None, threading.Lock()
+    _channel, _channel_lock = None, threading.Lock()  # the child starts its own
 
 
 if hasattr(os, "register_at_fork"):
@@ -358,6 +386,7 @@ def serve(inp: Any, out: Any) -> None:
         reply(["error", key, f"refused after an earlier failure: {why}"])
 
     threading.Thread(target=read_ahead, daemon=True).start()
+    reply(["ready", 0])
     carried: Any = ()
     while True:
         message = frames.get() if carried == () else carried

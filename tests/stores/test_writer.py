@@ -156,3 +156,28 @@ def test_the_writer_loop_commits_every_batch_and_acknowledges_each_once(tmp_path
     assert replies[-2][:2] == ("error", 2) and replies[-1] == ("closed", 1)
     assert [seq for seq, _ in _rows(path, "w")] == list(range(1, 10))
     assert verify(path).ok
+
+
+def test_a_child_that_is_not_a_writer_is_stopped_and_the_log_writes_inline(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from bastion.stores import writer
+
+    monkeypatch.setattr(writer, "START_TIMEOUT", 0.5)
+    monkeypatch.setattr(writer, "__file__", str(tmp_path / "sleeps.py"))
+    (tmp_path / "sleeps.py").write_text("import time\ntime.sleep(30)\n")
+    monkeypatch.setattr(writer, "_channel", None)
+    monkeypatch.setattr(writer, "_unavailable", None)
+    with EventLog(tmp_path / "e.db", "w") as log:
+        assert log.writer_pid is None
+        log.append("create", object_id=1)
+    assert _rows(tmp_path / "e.db", "w") == [(1, 1)]
+    start = time.monotonic()
+    with EventLog(tmp_path / "e2.db", "w") as log:  # not tried again in this process
+        assert log.writer_pid is None and time.monotonic() - start < 0.4
+
+
+def test_the_environment_can_turn_the_writer_off(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("BASTION_EVENTLOG_WRITER", "0")
+    with EventLog(tmp_path / "e.db", "w") as log:
+        assert log.writer_pid is None
