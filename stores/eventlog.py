@@ -24,6 +24,8 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 import weakref
@@ -209,7 +211,16 @@ class EventLog:
         self._closed = False
         self._failing = False
         self._last_flush = time.monotonic()
-        self._engine = _make_engine(self.url, durability)
+        #: where a private "in-memory" log really lives: a temporary file that the writer
+        #: process writes (deleted at close); None for every other log
+        self._temp_path: str | None = None
+        engine_url = self.url
+        wanted = writer is not False and os.environ.get("BASTION_EVENTLOG_WRITER") != "0"
+        if self.url == "sqlite://" and not self._strict and wanted and _writer.available():
+            folder = tempfile.mkdtemp(prefix="bastion-log-")
+            self._temp_path = os.path.join(folder, "events.db")
+            engine_url = "sqlite:///" + self._temp_path
+        self._engine = _make_engine(engine_url, durability)
         #: where payloads of ``blob_threshold`` bytes or more go (``None``: in the database)
         self.blob_dir = (
             os.path.abspath(blob_dir) if blob_dir is not None
@@ -223,6 +234,7 @@ class EventLog:
         path = self._writer_path()
         if writer and path is None:
             self._engine.dispose()
+            self._remove_temp()
             raise ConfigurationError(
                 "writer=True needs a batched log in a SQLite file (a path or sqlite:///path)"
             )
@@ -230,6 +242,7 @@ class EventLog:
             self._next_seq, self._last_hash = self._setup()
         except BaseException:
             self._engine.dispose()
+            self._remove_temp()
             raise
         # Batches handed to the writer process and not yet acknowledged, oldest first.
         # (Kept packed: the tuples are freed at once, which keeps the op thread's memory warm.)
@@ -239,7 +252,7 @@ class EventLog:
         self._channel: _writer.Channel | None = None
         self._key = 0
         if writer is None:
-            writer = path is not None and os.environ.get("BASTION_EVENTLOG_WRITER") != "0"
+            writer = path is not None and wanted
         if writer:
             self._start_writer(path)  # type: ignore[arg-type]
         _register(self)
@@ -252,6 +265,8 @@ class EventLog:
 
     def _writer_path(self) -> str | None:
         """The file a writer process may write this log to: batched, SQLite, a plain path."""
+        if self._temp_path is not None:
+            return self._temp_path
         parsed = sa.make_url(self.url)
         if (self._strict or not self._sqlite or parsed.query
                 or parsed.database in (None, "", ":memory:")
@@ -262,7 +277,8 @@ class EventLog:
     def _start_writer(self, path: str) -> None:
         try:
             channel = _writer.channel()
-            self._key = channel.open(self._on_reply, path, self.worker_id, self._last_hash, 5.0)
+            self._key = channel.open(self._on_reply, path, self.worker_id, self._last_hash, 5.0,
+                                     temporary=self._temp_path is not None)  # fmt: skip
         except (OSError, _writer.WriterGone) as exc:
             global _warned_unavailable
             if not _warned_unavailable:  # once per process: every later log would say the same
@@ -670,9 +686,16 @@ class EventLog:
                 else:
                     self._flush_locked()
             finally:
+                self._engine.dispose()  # first: a temporary file is deleted once released
                 if self._channel is not None:
                     self._channel.close_key(self._key, wait=30.0 if wait else 0.0)
-                self._engine.dispose()
+                else:
+                    self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        """Delete the temporary file of a private log that writes inline (and its folder)."""
+        if self._temp_path is not None:
+            shutil.rmtree(os.path.dirname(self._temp_path), ignore_errors=True)
 
     def __enter__(self) -> EventLog:
         return self
@@ -854,7 +877,10 @@ def _flush_all() -> None:
         logs = list(_registry)
     for log in logs:
         try:
-            log.flush()
+            if log._temp_path is not None:
+                log.close()  # nobody can read it after exit: release and delete its file
+            else:
+                log.flush()
         except EventLogError as exc:
             _log.error("eventlog.lost_at_exit", worker=log.worker_id, error=str(exc))
     _writer.shutdown()

@@ -11,7 +11,7 @@ input closes, so what was handed to it survives a crash (even SIGKILL) of the wo
 
 Frames both ways are a 4-byte big-endian length and a MessagePack array::
 
-    parent -> writer   ["open", key, path, worker_id, last_hash, timeout]
+    parent -> writer   ["open", key, path, worker_id, last_hash, timeout, temporary]
                        ["batch", key, events, payload_rows, snapshots, flags]
                        ["sync", key]
                        ["close", key]
@@ -173,13 +173,14 @@ class Channel:
         return self._proc.pid
 
     def open(self, on_reply: Callable[[list[Any]], None], path: str, worker_id: str,
-             last_hash: str, timeout: float) -> int:  # fmt: skip
-        """Register one log (``on_reply`` a bound method); returns its key."""
+             last_hash: str, timeout: float, temporary: bool = False) -> int:  # fmt: skip
+        """Register one log (``on_reply`` a bound method); returns its key. A ``temporary``
+        file is deleted (with its folder) once no log uses it, or when this process exits."""
         with self._send_lock:
             self._next_key += 1
             key = self._next_key
         self._handlers[key] = weakref.WeakMethod(on_reply)  # type: ignore[arg-type]
-        self.send(["open", key, path, worker_id, last_hash, timeout])
+        self.send(["open", key, path, worker_id, last_hash, timeout, temporary])
         return key
 
     def close_key(self, key: int, wait: float = 0.0) -> None:
@@ -275,6 +276,15 @@ def channel() -> Channel:
         return _channel
 
 
+def available() -> bool:
+    """Whether this process has (or can start) a writer process."""
+    try:
+        channel()
+    except WriterGone:
+        return False
+    return True
+
+
 def shutdown() -> None:
     """Stop this process's writer, once every log has flushed (called at interpreter exit)."""
     global _channel
@@ -344,10 +354,11 @@ def _read_frame(stream: Any) -> Any:
 
 
 class _Log:
-    __slots__ = ("path", "worker", "prev", "failed", "unacked", "acked_at")
+    __slots__ = ("path", "worker", "prev", "failed", "unacked", "acked_at", "temporary")
 
-    def __init__(self, path: str, worker: str, prev: str) -> None:
+    def __init__(self, path: str, worker: str, prev: str, temporary: bool) -> None:
         self.path, self.worker, self.prev, self.failed = path, worker, prev, None
+        self.temporary = temporary
         self.unacked, self.acked_at = 0, time.monotonic()
 
 
@@ -396,8 +407,8 @@ def serve(inp: Any, out: Any) -> None:
         verb, key = message[0], message[1]
         log = logs.get(key)
         if verb == "open":
-            path, worker, prev, timeout = message[2:6]
-            logs[key] = log = _Log(path, worker, prev)
+            path, worker, prev, timeout, temporary = message[2:7]
+            logs[key] = log = _Log(path, worker, prev, temporary)
             if path not in connections:
                 try:
                     connections[path] = _connect(path, timeout)
@@ -406,9 +417,7 @@ def serve(inp: Any, out: Any) -> None:
         elif verb == "close":
             logs.pop(key, None)
             if log is not None and all(other.path != log.path for other in logs.values()):
-                conn = connections.pop(log.path, None)
-                if conn is not None:
-                    conn.close()
+                _release(connections, log)
             reply(["closed", key])
         elif log is None or log.failed is not None:
             refuse(key, log)
@@ -426,8 +435,22 @@ def serve(inp: Any, out: Any) -> None:
                     break
                 group.append(following)
             _commit(connections[log.path], log, group, reply, acknowledge)
-    for conn in connections.values():
+    for log in logs.values():  # the worker's process is gone, or done
+        _release(connections, log)
+
+
+def _release(connections: dict[str, sqlite3.Connection], log: _Log) -> None:
+    """Close ``log``'s file (and delete it if it was a private, temporary one)."""
+    conn = connections.pop(log.path, None)
+    if conn is not None:
         conn.close()
+    if log.temporary:
+        folder = os.path.dirname(log.path)
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def _commit(conn: sqlite3.Connection, log: _Log, group: list[Any],

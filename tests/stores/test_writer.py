@@ -121,10 +121,11 @@ def test_observers_get_the_written_events_with_their_hashes(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("url", "durability"),
-    [(None, "batched"), ("sqlite:///{tmp}/e.db?timeout=1", "batched"), ("{tmp}/e.db", "strict")],
+    [("sqlite:///:memory:", "batched"), ("sqlite:///{tmp}/e.db?timeout=1", "batched"),
+     (None, "strict"), ("{tmp}/e.db", "strict")],  # fmt: skip
 )
 def test_a_writer_only_for_a_batched_log_in_a_plain_sqlite_file(tmp_path, url, durability):
-    url = url if url is None else url.format(tmp=tmp_path)
+    url = url and url.format(tmp=tmp_path)
     with EventLog(url, "w", durability=durability) as log:
         assert log.writer_pid is None
     with pytest.raises(ConfigurationError, match="writer=True needs"):
@@ -141,7 +142,7 @@ def test_the_writer_loop_commits_every_batch_and_acknowledges_each_once(tmp_path
     EventLog(path, "w", writer=False).close()  # the schema
     batches = [[(seq, 1.5 + seq, "create", seq, "me", "send", None, (), "float32", (2,), None,
                  None) for seq in range(start, start + 3)] for start in (1, 4, 7)]  # fmt: skip
-    messages = [["open", 1, str(path), "w", "", 5.0]]
+    messages = [["open", 1, str(path), "w", "", 5.0, False]]
     messages += [["batch", 1, batch, (), (), 0] for batch in batches] + [["sync", 1]]
     messages += [["batch", 2, batches[0], (), (), 0], ["close", 1]]  # key 2 was never opened
     stream = b"".join(struct.pack(">I", len(body)) + body for body in map(writer.pack, messages))
@@ -181,3 +182,38 @@ def test_the_environment_can_turn_the_writer_off(tmp_path: Path, monkeypatch) ->
     monkeypatch.setenv("BASTION_EVENTLOG_WRITER", "0")
     with EventLog(tmp_path / "e.db", "w") as log:
         assert log.writer_pid is None
+
+
+def test_a_private_log_lives_in_a_temporary_file_deleted_at_close() -> None:
+    with EventLog(None, "w") as log:
+        folder = Path(log._temp_path).parent  # type: ignore[arg-type]
+        assert log.url == "sqlite://" and log.writer_pid is not None and not log.payloads
+        assert folder.stat().st_mode & 0o777 == 0o700
+        log.append("create", object_id=1)
+        assert [e.object_id for e in log.events()] == [1]
+    assert not folder.exists()
+    with EventLog(None, "w", writer=False) as log:  # a real in-memory database
+        assert log._temp_path is None and log.writer_pid is None
+
+
+def test_a_private_log_is_deleted_when_its_process_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import os, time
+        from bastion.stores import EventLog
+        log = EventLog(None, "gone")
+        log.append("create", object_id=1)
+        log.flush()
+        print(os.path.dirname(log._temp_path), flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        folder = Path(child.stdout.readline().strip())  # type: ignore[union-attr]
+        assert (folder / "events.db").exists()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    deadline = time.monotonic() + 20
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not folder.exists()
