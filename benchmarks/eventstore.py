@@ -19,6 +19,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import torch
 from harness import median_seconds, row
@@ -45,55 +46,53 @@ def _cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+def _timed_rounds(pairs: list[tuple[Any, Any]], rounds: int, per_round: int) -> list[float]:
+    """Medians of ``rounds`` rounds of ``x + y`` on each pair in turn (after one warm-up)."""
+    runs: list[list[float]] = [[] for _ in pairs]
+    for x, y in pairs:
+        for _ in range(per_round):
+            x + y
+    for _ in range(rounds):
+        for times, (x, y) in zip(runs, pairs):
+            start = time.perf_counter()
+            for _ in range(per_round):
+                x + y
+            times.append((time.perf_counter() - start) / per_round)
+    return [statistics.median(times) for times in runs]
+
+
 def bench_ops(folder: str, number: int, repeat: int) -> None:
     print("pointer op x + y on 2-element tensors (per op)")
     a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
     plain = median_seconds(lambda: a + b, number * 10, repeat)
+    off_worker = sy.VirtualWorker(id="bench-ops-off")
+    _silence(off_worker)
+    off_pair = (off_worker.send(a), off_worker.send(b))
     setups = [
-        ("audit log off", {}, True),
-        ("batched, private log (the default)", {}, False),
-        ("batched, SQLite file + payloads", {"db": os.path.join(folder, "ops-b.db")}, False),
-        ("batched, in-memory database, inline", {"inline": True}, False),
+        ("batched, private log (the default)", {}),
+        ("batched, SQLite file + payloads", {"db": os.path.join(folder, "ops-b.db")}),
+        ("batched, in-memory database, inline", {"inline": True}),
     ]
-    # Rounds of the setups in turn, so that each sees the machine as the others do.
-    runs: dict[str, list[float]] = {label: [] for label, _, _ in setups}
-    workers, pointers = [], []
-    for i, (_, options, silent) in enumerate(setups):
-        inline = options.pop("inline", False)
-        if inline:  # the log as it is without a writer process
+    rounds, per_round = max(repeat * 6, 10), max(number // 10, 500)
+    # Each setup in rounds alternating with the log off, so both see the machine alike.
+    for i, (label, options) in enumerate(setups):
+        if options.pop("inline", False):  # the log as it is without a writer process
             os.environ["BASTION_EVENTLOG_WRITER"] = "0"
         worker = sy.VirtualWorker(id=f"bench-ops-{i}", **options)
         os.environ.pop("BASTION_EVENTLOG_WRITER", None)
-        if silent:
-            _silence(worker)
-        workers.append(worker)
-        pointers.append((worker.send(a), worker.send(b)))
-    pids = [worker._worker.log.writer_pid for worker in workers]
-    pid = next((p for p in pids if p is not None), None)  # one writer serves them all
-    cpu = _cpu_seconds(pid)
-    rounds, per_round = max(repeat * 6, 10), max(number // 10, 500)
-    for x, y in pointers:  # warm up
-        for _ in range(per_round):
-            x + y
-    for _ in range(rounds):
-        for (label, _, _), (x, y) in zip(setups, pointers):
-            start = time.perf_counter()
-            for _ in range(per_round):
-                x + y
-            runs[label].append((time.perf_counter() - start) / per_round)
-    for worker in workers:
+        pid = worker._worker.log.writer_pid
+        cpu = _cpu_seconds(pid)
+        off, seconds = _timed_rounds([off_pair, (worker.send(a), worker.send(b))], rounds,
+                                     per_round)  # fmt: skip
         worker._worker.log.flush()
-    writer_cpu = (_cpu_seconds(pid) - cpu) / ((rounds + 1) * per_round * 2)
-    off = statistics.median(runs["audit log off"])
-    for label, _, silent in setups:
-        seconds = statistics.median(runs[label])
         row(label, seconds, "plain torch", plain)
-        if not silent:
-            row(f"  {label}", seconds, "audit log off", off)
-    if pid is not None:
-        print(f"  {'the writer process, CPU per op':<44} {writer_cpu * 1e6:10.2f} us "
-              "(mean of the two logs it writes; on another CPU; 2 events per op)")
-    for worker in workers:
+        row(f"  {label}", seconds, "audit log off", off)
+        if pid is not None:
+            spent = (_cpu_seconds(pid) - cpu) / ((rounds + 1) * per_round)
+            print(
+                f"  {'  its writer process, CPU per op':<44} {spent * 1e6:10.2f} us "
+                "(on another CPU; 2 events per op)"
+            )
         worker.close()
     label = "strict, SQLite file + payloads"
     worker = sy.VirtualWorker(id="bench-ops-strict", db=os.path.join(folder, "ops-s.db"),
@@ -103,6 +102,7 @@ def bench_ops(folder: str, number: int, repeat: int) -> None:
     row(label, seconds, "plain torch", plain)
     row(f"  {label}", seconds, "audit log off", off)
     worker.close()
+    off_worker.close()
     print("  target: batched <= 1.15x audit log off")
 
 
@@ -146,8 +146,10 @@ def bench_appends(folder: str, n: int) -> None:
     for writer, label in ((False, "inline"), (True, "writer process")):
         seconds = times[writer]
         row(f"EventLog.record + flush, {label}", seconds, "raw sqlite3 1000/commit", raw)
-        print(f"  {'':<44} {1 / seconds:10,.0f} events/s vs {1 / raw:,.0f} raw "
-              f"(rate ratio {raw / seconds:.2f}, target >= 0.5)")
+        print(
+            f"  {'':<44} {1 / seconds:10,.0f} events/s vs {1 / raw:,.0f} raw "
+            f"(rate ratio {raw / seconds:.2f}, target >= 0.5)"
+        )
 
 
 def bench_replay(folder: str, n: int) -> None:
@@ -163,8 +165,10 @@ def bench_replay(folder: str, n: int) -> None:
     start = time.perf_counter()
     state = replay(path)
     seconds = time.perf_counter() - start
-    print(f"  replay: {events:,} events, {len(state):,} objects in {seconds:.2f} s = "
-          f"{events / seconds:,.0f} events/s (target >= 200,000)")
+    print(
+        f"  replay: {events:,} events, {len(state):,} objects in {seconds:.2f} s = "
+        f"{events / seconds:,.0f} events/s (target >= 200,000)"
+    )
 
 
 def bench_digest(repeat: int) -> None:

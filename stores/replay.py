@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -206,6 +207,25 @@ def _target_seq(conn: sa.Connection, worker: str, until: Any, source: str) -> in
     return until
 
 
+def raw_batches(conn: sa.Connection, query: sa.Select, batch: int) -> Iterator[list[tuple]]:
+    """``query``'s rows as plain tuples from the DB-API cursor, ``batch`` at a time."""
+    compiled = query.compile(dialect=conn.dialect)
+    params: Any = compiled.params
+    if compiled.positiontup is not None:
+        params = tuple(compiled.params[name] for name in compiled.positiontup)
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        while rows := cursor.fetchmany(batch):
+            yield rows
+    finally:
+        cursor.close()
+
+
+#: the details of creates that say only where their payload went (nothing for the store)
+_PAYLOAD_ONLY = frozenset({'{"payload":"db"}', '{"payload":"file"}'})
+
+
 def replay_connection(
     conn: sa.Connection, worker: str, until: Any, blob_dir: str | None, *, source: str = "the log"
 ) -> ReplayedStore:
@@ -232,12 +252,14 @@ def replay_connection(
         .order_by(t.seq)
     )
     count = 0
-    for rows in conn.execution_options(yield_per=20_000).execute(query).partitions():
+    for rows in raw_batches(conn, query, 20_000):
         count += len(rows)
         for kind, oid, digest, detail in rows:
             if kind == "create":
-                extra = json.loads(detail) if detail else None
-                if extra is not None:
+                if not detail or detail in _PAYLOAD_ONLY:  # most creates: nothing to parse
+                    extra = None
+                else:
+                    extra = json.loads(detail)
                     extra.pop("payload", None)
                 state[oid] = (digest, extra or None)
             elif kind in ("get", "move", "delete"):

@@ -20,9 +20,7 @@ VerifyResult(ok=True, checked=1, worker=None, seq=None, reason=None)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import blake3
 import msgpack
@@ -32,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bastion.errors import EventLogError
 from bastion.stores import payloads as _payloads
 from bastion.stores.eventlog import _ints, _reason, _resolve_url, events_table
-from bastion.stores.replay import open_read_only
+from bastion.stores.replay import open_read_only, raw_batches
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,7 @@ def _walk(
     shapes: dict[str | None, tuple[int, ...] | None] = {None: None}
     checked, current, expected_seq, prev = 0, None, 1, ""
     stored: dict[str, tuple[str, int]] = {}
-    for rows in _raw_batches(conn, query, batch):
+    for rows in raw_batches(conn, query, batch):
         for (wid, seq, ts, kind, oid, peer, origin, op, inputs, dtype, shape, digest, detail,
              prev_hash, hash_) in rows:  # fmt: skip
             if wid != current:
@@ -127,21 +125,6 @@ def _walk(
             checked += 1
             expected_seq, prev = seq + 1, hash_
     return checked, None, stored
-
-
-def _raw_batches(conn: sa.Connection, query: sa.Select, batch: int) -> Iterator[list[tuple]]:
-    """``query``'s rows as plain tuples from the DB-API cursor, ``batch`` at a time."""
-    compiled = query.compile(dialect=conn.dialect)
-    params: Any = compiled.params
-    if compiled.positiontup is not None:
-        params = tuple(compiled.params[name] for name in compiled.positiontup)
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(str(compiled), params)
-        while rows := cursor.fetchmany(batch):
-            yield rows
-    finally:
-        cursor.close()
 
 
 def _check_payloads(

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import select
 import sqlite3
 import struct
@@ -369,19 +368,12 @@ GROUP = 16
 def serve(inp: Any, out: Any) -> None:
     """The writer's loop: read frames from ``inp`` until it closes, reply on ``out``.
 
-    A thread reads ahead (a few frames: a full queue leaves the pipe full, which holds the
-    worker back); batches of one log that are already waiting are committed together.
+    Batches of one log that arrived together (in one read of the pipe) are committed in
+    one transaction.
     """
     logs: dict[int, _Log] = {}
     connections: dict[str, sqlite3.Connection] = {}
-    frames: queue.Queue[Any] = queue.Queue(maxsize=GROUP * 2)
-
-    def read_ahead() -> None:
-        try:
-            while (message := _read_frame(inp)) is not None:
-                frames.put(message)
-        finally:
-            frames.put(None)
+    frames = _Frames(inp)
 
     def reply(message: list[Any]) -> None:
         data = msgpack.packb(message)
@@ -396,11 +388,10 @@ def serve(inp: Any, out: Any) -> None:
         why = "not open" if log is None else log.failed
         reply(["error", key, f"refused after an earlier failure: {why}"])
 
-    threading.Thread(target=read_ahead, daemon=True).start()
     reply(["ready", 0])
     carried: Any = ()
     while True:
-        message = frames.get() if carried == () else carried
+        message = frames.next() if carried == () else carried
         carried = ()
         if message is None:
             break
@@ -426,9 +417,8 @@ def serve(inp: Any, out: Any) -> None:
         elif verb == "batch":
             group = [message]
             while len(group) < GROUP:
-                try:
-                    following = frames.get_nowait()
-                except queue.Empty:
+                following = frames.next(block=False)
+                if following == ():
                     break
                 if following is None or following[0] != "batch" or following[1] != key:
                     carried = following
@@ -437,6 +427,36 @@ def serve(inp: Any, out: Any) -> None:
             _commit(connections[log.path], log, group, reply, acknowledge)
     for log in logs.values():  # the worker's process is gone, or done
         _release(connections, log)
+
+
+class _Frames:
+    """Frames from a stream, read in large chunks: ``next(block=False)`` returns ``()`` unless
+    a whole frame has already arrived; ``None`` at the end of the input."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._buffer, self._at = stream, bytearray(), 0
+
+    def next(self, block: bool = True) -> Any:
+        buffer = self._buffer
+        while True:
+            available = len(buffer) - self._at
+            if available >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buffer, self._at)
+                if size > MAX_FRAME:
+                    raise ValueError(f"frame of {size} bytes is over the writer's limit")
+                end = self._at + _HEADER.size + size
+                if len(buffer) >= end:
+                    message = unpack(bytes(memoryview(buffer)[self._at + _HEADER.size : end]))
+                    self._at = end
+                    return message
+            if not block:
+                return ()
+            del buffer[: self._at]
+            self._at = 0
+            chunk = self._stream.read1(1 << 20)
+            if not chunk:
+                return None
+            buffer += chunk
 
 
 def _release(connections: dict[str, sqlite3.Connection], log: _Log) -> None:
