@@ -36,7 +36,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from bastion.errors import ConfigurationError, EventLogError
@@ -220,7 +220,8 @@ class EventLog:
             folder = tempfile.mkdtemp(prefix="bastion-log-")
             self._temp_path = os.path.join(folder, "events.db")
             engine_url = "sqlite:///" + self._temp_path
-        self._engine = _make_engine(engine_url, durability)
+        # A private log's own process only reads it, rarely: it holds no file open meanwhile.
+        self._engine = _make_engine(engine_url, durability, pooled=self._temp_path is None)
         #: where payloads of ``blob_threshold`` bytes or more go (``None``: in the database)
         self.blob_dir = (
             os.path.abspath(blob_dir) if blob_dir is not None
@@ -763,10 +764,10 @@ def _resolve_url(url: str | os.PathLike[str] | None) -> str:
     return "sqlite:///" + os.path.abspath(url)
 
 
-def _make_engine(url: str, durability: str) -> sa.Engine:
+def _make_engine(url: str, durability: str, pooled: bool = True) -> sa.Engine:
     try:
         parsed = sa.make_url(url)
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
         sqlite = parsed.get_backend_name() == "sqlite"
         if sqlite and parsed.database in (None, "", ":memory:"):
             # One connection shared with the flusher thread, or each thread gets its own database.

@@ -353,11 +353,12 @@ def _read_frame(stream: Any) -> Any:
 
 
 class _Log:
-    __slots__ = ("path", "worker", "prev", "failed", "unacked", "acked_at", "temporary")
+    __slots__ = ("path", "worker", "prev", "failed", "unacked", "acked_at", "temporary",
+                 "timeout")  # fmt: skip
 
-    def __init__(self, path: str, worker: str, prev: str, temporary: bool) -> None:
+    def __init__(self, path: str, worker: str, prev: str, temporary: bool, timeout: float) -> None:
         self.path, self.worker, self.prev, self.failed = path, worker, prev, None
-        self.temporary = temporary
+        self.temporary, self.timeout = temporary, timeout
         self.unacked, self.acked_at = 0, time.monotonic()
 
 
@@ -399,12 +400,8 @@ def serve(inp: Any, out: Any) -> None:
         log = logs.get(key)
         if verb == "open":
             path, worker, prev, timeout, temporary = message[2:7]
-            logs[key] = log = _Log(path, worker, prev, temporary)
-            if path not in connections:
-                try:
-                    connections[path] = _connect(path, timeout)
-                except sqlite3.Error as exc:
-                    log.failed = f"{exc}"
+            logs[key] = log = _Log(path, worker, prev, temporary, timeout)
+            _connection(connections, log)
         elif verb == "close":
             logs.pop(key, None)
             if log is not None and all(other.path != log.path for other in logs.values()):
@@ -424,7 +421,11 @@ def serve(inp: Any, out: Any) -> None:
                     carried = following
                     break
                 group.append(following)
-            _commit(connections[log.path], log, group, reply, acknowledge)
+            conn = _connection(connections, log)
+            if conn is None:
+                refuse(key, log)
+                continue
+            _commit(conn, log, group, reply, acknowledge)
     for log in logs.values():  # the worker's process is gone, or done
         _release(connections, log)
 
@@ -457,6 +458,25 @@ class _Frames:
             if not chunk:
                 return None
             buffer += chunk
+
+
+#: files the writer keeps open at once (3 descriptors each); the least recently used is closed
+MAX_OPEN = 128
+
+
+def _connection(connections: dict[str, sqlite3.Connection], log: _Log) -> Any:
+    """``log``'s connection, opened (again) if need be; ``None`` if its file cannot be opened."""
+    conn = connections.pop(log.path, None)
+    if conn is None:
+        while len(connections) >= MAX_OPEN:
+            connections.pop(next(iter(connections))).close()
+        try:
+            conn = _connect(log.path, log.timeout)
+        except sqlite3.Error as exc:
+            log.failed = f"cannot open {log.path}: {exc}"
+            return None
+    connections[log.path] = conn  # the most recently used last
+    return conn
 
 
 def _release(connections: dict[str, sqlite3.Connection], log: _Log) -> None:

@@ -217,3 +217,44 @@ def test_a_private_log_is_deleted_when_its_process_is_killed(tmp_path: Path) -> 
     while folder.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not folder.exists()
+
+
+def test_the_writer_keeps_a_bounded_number_of_files_open(tmp_path: Path, monkeypatch) -> None:
+    import io
+    import struct
+
+    from bastion.stores import writer
+
+    monkeypatch.setattr(writer, "MAX_OPEN", 2)
+    paths = [tmp_path / f"{i}.db" for i in range(3)]
+    for path in paths:
+        EventLog(path, "w", writer=False).close()
+    messages = [["open", i, str(path), "w", "", 5.0, False] for i, path in enumerate(paths)]
+    for seq in (1, 2):  # every file twice: the third open closes the first, which reopens
+        messages += [["batch", i, [(seq, float(seq), "create", seq, None, "send", None, (), None,
+                                    None, None, None)], (), (), writer.SYNC]
+                     for i in range(3)]  # fmt: skip
+    stream = b"".join(struct.pack(">I", len(body)) + body for body in map(writer.pack, messages))
+    out = io.BytesIO()
+    writer.serve(io.BytesIO(stream), out)
+    replies, reader = [], io.BytesIO(out.getvalue())
+    while (reply := writer._read_frame(reader)) is not None:
+        replies.append(reply)
+    assert [r[0] for r in replies] == ["ready"] + ["ok"] * 6
+    for path in paths:
+        assert _rows(path, "w") == [(1, 1), (2, 2)] and verify(path).ok
+
+
+def test_private_logs_hold_no_file_open_in_the_workers_process() -> None:
+    import torch
+
+    import bastion as sy
+
+    before = len(os.listdir("/proc/self/fd"))
+    workers = [sy.VirtualWorker(id=f"fds-{i}") for i in range(20)]
+    for worker in workers:
+        assert torch.equal((worker.send(torch.ones(2)) * 2).get(), torch.full((2,), 2.0))
+        assert [e.kind for e in worker._worker.log.events()][:2] == ["create", "create"]
+    assert len(os.listdir("/proc/self/fd")) - before < 5
+    for worker in workers:
+        worker.close()
