@@ -3,9 +3,11 @@ the worker, and a writer that dies or refuses hands its work back to the log, lo
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bastion.errors import ConfigurationError
-from bastion.stores import EventLog, expected_hash, verify
+from bastion.stores import EventLog, expected_hash, verify, writer
 
 
 def _rows(path: Path, worker: str) -> list[tuple[int, int]]:
@@ -23,6 +25,17 @@ def _rows(path: Path, worker: str) -> list[tuple[int, int]]:
         return conn.execute(
             "select seq, object_id from bastion_events where worker_id = ? order by seq", (worker,)
         ).fetchall()
+
+
+def _serve(messages: list[list]) -> list[tuple]:
+    """Run the writer's loop in this process on ``messages``; its replies."""
+    stream = b"".join(struct.pack(">I", len(body)) + body for body in map(writer.pack, messages))
+    out = io.BytesIO()
+    writer.serve(io.BytesIO(stream), out)
+    replies, reader = [], io.BytesIO(out.getvalue())
+    while (reply := writer._read_frame(reader)) is not None:
+        replies.append(reply)
+    return replies
 
 
 def _wait_for_rows(path: Path, worker: str, count: int, seconds: float = 20.0) -> None:
@@ -133,11 +146,6 @@ def test_a_writer_only_for_a_batched_log_in_a_plain_sqlite_file(tmp_path, url, d
 
 
 def test_the_writer_loop_commits_every_batch_and_acknowledges_each_once(tmp_path: Path) -> None:
-    import io
-    import struct
-
-    from bastion.stores import writer
-
     path = tmp_path / "e.db"
     EventLog(path, "w", writer=False).close()  # the schema
     batches = [[(seq, 1.5 + seq, "create", seq, "me", "send", None, (), "float32", (2,), None,
@@ -145,12 +153,7 @@ def test_the_writer_loop_commits_every_batch_and_acknowledges_each_once(tmp_path
     messages = [["open", 1, str(path), "w", "", 5.0, False]]
     messages += [["batch", 1, batch, (), (), 0] for batch in batches] + [["sync", 1]]
     messages += [["batch", 2, batches[0], (), (), 0], ["close", 1]]  # key 2 was never opened
-    stream = b"".join(struct.pack(">I", len(body)) + body for body in map(writer.pack, messages))
-    out = io.BytesIO()
-    writer.serve(io.BytesIO(stream), out)
-    replies, reader = [], io.BytesIO(out.getvalue())
-    while (reply := writer._read_frame(reader)) is not None:
-        replies.append(reply)
+    replies = _serve(messages)
     oks = [r for r in replies if r[0] == "ok"]
     _, last = writer.encode_rows("w", "", [event for batch in batches for event in batch])
     assert sum(r[4] for r in oks) == 3 and oks[-1][2] == last
@@ -162,8 +165,6 @@ def test_the_writer_loop_commits_every_batch_and_acknowledges_each_once(tmp_path
 def test_a_child_that_is_not_a_writer_is_stopped_and_the_log_writes_inline(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from bastion.stores import writer
-
     monkeypatch.setattr(writer, "START_TIMEOUT", 0.5)
     monkeypatch.setattr(writer, "__file__", str(tmp_path / "sleeps.py"))
     (tmp_path / "sleeps.py").write_text("import time\ntime.sleep(30)\n")
@@ -220,11 +221,6 @@ def test_a_private_log_is_deleted_when_its_process_is_killed(tmp_path: Path) -> 
 
 
 def test_the_writer_keeps_a_bounded_number_of_files_open(tmp_path: Path, monkeypatch) -> None:
-    import io
-    import struct
-
-    from bastion.stores import writer
-
     monkeypatch.setattr(writer, "MAX_OPEN", 2)
     paths = [tmp_path / f"{i}.db" for i in range(3)]
     for path in paths:
@@ -234,12 +230,7 @@ def test_the_writer_keeps_a_bounded_number_of_files_open(tmp_path: Path, monkeyp
         messages += [["batch", i, [(seq, float(seq), "create", seq, None, "send", None, (), None,
                                     None, None, None)], (), (), writer.SYNC]
                      for i in range(3)]  # fmt: skip
-    stream = b"".join(struct.pack(">I", len(body)) + body for body in map(writer.pack, messages))
-    out = io.BytesIO()
-    writer.serve(io.BytesIO(stream), out)
-    replies, reader = [], io.BytesIO(out.getvalue())
-    while (reply := writer._read_frame(reader)) is not None:
-        replies.append(reply)
+    replies = _serve(messages)
     assert [r[0] for r in replies] == ["ready"] + ["ok"] * 6
     for path in paths:
         assert _rows(path, "w") == [(1, 1), (2, 2)] and verify(path).ok
