@@ -872,6 +872,28 @@ def _flush_forever() -> None:
         _wake.clear()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child must not write, flush or delete its parent's files: the logs it
+    inherited that live in a database (the private log's file included) are closed to it."""
+    global _registry_lock, _wake
+    _registry_lock, _wake = threading.Lock(), threading.Event()
+    for log in list(_registry):
+        if log.url == "sqlite://" and log._temp_path is None:
+            continue  # a real in-memory database: the child's own copy
+        _registry.discard(log)
+        log._closed, log._channel, log._temp_path = True, None, None
+        log._pending, log._pending_payloads, log._pending_snapshots = [], [], []
+        log._inflight.clear()
+        log._lock = threading.Lock()
+        log._flush_lock = threading.Lock()
+        log._acked = threading.Condition(log._lock)
+        log._engine.dispose(close=False)  # SQLAlchemy's advice: leave the parent's connections
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _flush_all() -> None:
     with _registry_lock:

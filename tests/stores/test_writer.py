@@ -249,3 +249,29 @@ def test_private_logs_hold_no_file_open_in_the_workers_process() -> None:
     assert len(os.listdir("/proc/self/fd")) - before < 5
     for worker in workers:
         worker.close()
+
+
+def test_a_forked_child_leaves_its_parents_logs_alone(tmp_path: Path) -> None:
+    from bastion.errors import EventLogError
+    from bastion.stores import eventlog
+
+    private = EventLog(None, "parent-private", flush_interval=60)
+    shared = EventLog(tmp_path / "e.db", "parent-file", flush_interval=60)
+    for log in (private, shared):
+        log.append("create", object_id=1)  # queued, not written yet
+    pid = os.fork()
+    if pid == 0:  # the child: what its exit would do, then out without pytest's machinery
+        code = 3
+        try:
+            shared.append("create", object_id=2)
+        except EventLogError:
+            code = 7
+        eventlog._flush_all()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert Path(private._temp_path).exists()  # type: ignore[arg-type]
+    for log in (private, shared):
+        assert [e.object_id for e in log.events()] == [1]
+        log.close()
+    assert verify(tmp_path / "e.db").ok
