@@ -253,7 +253,7 @@ def test_private_logs_hold_no_file_open_in_the_workers_process() -> None:
 
 def test_a_forked_child_leaves_its_parents_logs_alone(tmp_path: Path) -> None:
     from bastion.errors import EventLogError
-    from bastion.stores import eventlog
+    from bastion.stores import flusher
 
     private = EventLog(None, "parent-private", flush_interval=60)
     shared = EventLog(tmp_path / "e.db", "parent-file", flush_interval=60)
@@ -266,7 +266,7 @@ def test_a_forked_child_leaves_its_parents_logs_alone(tmp_path: Path) -> None:
             shared.append("create", object_id=2)
         except EventLogError:
             code = 7
-        eventlog._flush_all()
+        flusher._flush_all()
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 7
