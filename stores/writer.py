@@ -140,6 +140,7 @@ class Channel:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
         )  # fmt: skip
         self._out = self._proc.stdin.fileno()  # type: ignore[union-attr]
+        self._replies = _Frames(self._proc.stdout)
         self._await_ready(START_TIMEOUT)
         _widen_pipe(self._out)
         self._pid = os.getpid()
@@ -155,9 +156,8 @@ class Channel:
 
     def _await_ready(self, timeout: float) -> None:
         """Wait for the writer's first frame; a child that is not a writer is stopped."""
-        stream = self._proc.stdout
-        ready, _, _ = select.select([stream], [], [], timeout)
-        message = _read_frame(stream) if ready else None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        message = self._replies.next() if ready else None
         if not message or message[0] != "ready":
             self._proc.kill()
             self._proc.wait()
@@ -189,13 +189,11 @@ class Channel:
         done = self._closing[key] = threading.Event()
         try:
             self.send(["close", key])
+            done.wait(wait)
         except WriterGone:
-            return
+            pass
         finally:
-            if not wait:
-                self._closing.pop(key, None)
-        done.wait(wait)
-        self._closing.pop(key, None)
+            self._closing.pop(key, None)
 
     def send(self, message: list[Any] | bytes) -> None:
         """Send one message (or one already :func:`pack`-ed)."""
@@ -229,9 +227,8 @@ class Channel:
         self._reader.join(timeout)
 
     def _read_forever(self) -> None:
-        stream = self._proc.stdout
         while True:
-            message = _read_frame(stream)  # type: ignore[arg-type]
+            message = self._replies.next()
             if message is None:
                 break
             if message[0] == "closed":
@@ -322,31 +319,35 @@ def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, use_list=False)
 
 
-def _read_exact(stream: Any, size: int) -> bytes | None:
-    """``size`` bytes, or ``None`` at end of input (a pipe may return fewer per read)."""
-    data = stream.read(size)
-    if data is None or len(data) == size:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < size:
-        more = stream.read(size - got)
-        if not more:
-            return None
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
+class _Frames:
+    """Frames from a stream, read in large chunks: ``next(block=False)`` returns ``()`` unless
+    a whole frame has already arrived; ``None`` at the end of the input."""
 
+    def __init__(self, stream: Any) -> None:
+        self._read = getattr(stream, "read1", stream.read)  # at most what is there (a pipe)
+        self._buffer, self._at = bytearray(), 0
 
-def _read_frame(stream: Any) -> Any:
-    header = _read_exact(stream, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    if size > MAX_FRAME:
-        raise ValueError(f"frame of {size} bytes is over the writer's limit")
-    data = _read_exact(stream, size)
-    return None if data is None else unpack(data)
+    def next(self, block: bool = True) -> Any:
+        buffer = self._buffer
+        while True:
+            available = len(buffer) - self._at
+            if available >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buffer, self._at)
+                if size > MAX_FRAME:
+                    raise ValueError(f"frame of {size} bytes is over the writer's limit")
+                end = self._at + _HEADER.size + size
+                if len(buffer) >= end:
+                    message = unpack(bytes(memoryview(buffer)[self._at + _HEADER.size : end]))
+                    self._at = end
+                    return message
+            if not block:
+                return ()
+            del buffer[: self._at]
+            self._at = 0
+            chunk = self._read(1 << 20)
+            if not chunk:
+                return None
+            buffer += chunk
 
 
 # ---------------------------------------------------------------- the writer process
@@ -430,34 +431,18 @@ def serve(inp: Any, out: Any) -> None:
         _release(connections, log)
 
 
-class _Frames:
-    """Frames from a stream, read in large chunks: ``next(block=False)`` returns ``()`` unless
-    a whole frame has already arrived; ``None`` at the end of the input."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream, self._buffer, self._at = stream, bytearray(), 0
-
-    def next(self, block: bool = True) -> Any:
-        buffer = self._buffer
-        while True:
-            available = len(buffer) - self._at
-            if available >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(buffer, self._at)
-                if size > MAX_FRAME:
-                    raise ValueError(f"frame of {size} bytes is over the writer's limit")
-                end = self._at + _HEADER.size + size
-                if len(buffer) >= end:
-                    message = unpack(bytes(memoryview(buffer)[self._at + _HEADER.size : end]))
-                    self._at = end
-                    return message
-            if not block:
-                return ()
-            del buffer[: self._at]
-            self._at = 0
-            chunk = self._stream.read1(1 << 20)
-            if not chunk:
-                return None
-            buffer += chunk
+def _release(connections: dict[str, sqlite3.Connection], log: _Log) -> None:
+    """Close ``log``'s file (and delete it if it was a private, temporary one)."""
+    conn = connections.pop(log.path, None)
+    if conn is not None:
+        conn.close()
+    if log.temporary:
+        folder = os.path.dirname(log.path)
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 #: files the writer keeps open at once (3 descriptors each); the least recently used is closed
@@ -477,20 +462,6 @@ def _connection(connections: dict[str, sqlite3.Connection], log: _Log) -> Any:
             return None
     connections[log.path] = conn  # the most recently used last
     return conn
-
-
-def _release(connections: dict[str, sqlite3.Connection], log: _Log) -> None:
-    """Close ``log``'s file (and delete it if it was a private, temporary one)."""
-    conn = connections.pop(log.path, None)
-    if conn is not None:
-        conn.close()
-    if log.temporary:
-        folder = os.path.dirname(log.path)
-        for name in os.listdir(folder) if os.path.isdir(folder) else ():
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
 
 
 def _commit(conn: sqlite3.Connection, log: _Log, group: list[Any],

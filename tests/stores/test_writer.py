@@ -32,8 +32,8 @@ def _serve(messages: list[list]) -> list[tuple]:
     stream = b"".join(struct.pack(">I", len(body)) + body for body in map(writer.pack, messages))
     out = io.BytesIO()
     writer.serve(io.BytesIO(stream), out)
-    replies, reader = [], io.BytesIO(out.getvalue())
-    while (reply := writer._read_frame(reader)) is not None:
+    replies, reader = [], writer._Frames(io.BytesIO(out.getvalue()))
+    while (reply := reader.next()) is not None:
         replies.append(reply)
     return replies
 
