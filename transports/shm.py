@@ -2,18 +2,26 @@
 
 Control frames go over a Unix socket in Linux's abstract namespace (``\\0bastion-shm-NAME``:
 no file to leave behind); tensor bytes go through shared memory. Each side of a connection
-owns one region, an anonymous ``memfd`` mapped by both processes, reused from frame to
-frame (a prefaulted region copies at ~12 GB/s here; a fresh segment per transfer is slower
-than TCP). When a frame needs more room, the sender grows its region and passes the new
-file descriptor with the frame (``SCM_RIGHTS``); only that handle crosses the socket.
+owns one region of ``_SLOTS`` slots of ``_PIECE`` bytes, an anonymous ``memfd`` mapped by
+both processes and reused from frame to frame (fresh memory per transfer would pay a page
+fault per 4 KiB; a reused region copies at memory speed). Its descriptor crosses once, with
+the first frame that carries tensors (``SCM_RIGHTS``); after that only frames cross.
 
 Nothing is ever created in ``/dev/shm``: a memfd lives as long as a process holds it, so a
 peer killed with SIGKILL leaks nothing.
 
-A frame on the socket is one flag byte (1: a new region's descriptor rides with it), then a
-``bastion.serde`` frame without its buffers; buffer ``i`` sits in the sender's region at the
-offset the frame layout gives it (``serde.padding``). Requests and replies alternate on a
-connection, so a region is never written while its reader still copies out of it.
+A frame on the socket is one flag byte (1: the region's descriptor rides with it; 2: the
+tensors stream), then a ``bastion.serde`` frame without its buffers; the buffers' bytes,
+laid end to end, go through the region:
+
+- up to ``_PIECE`` bytes: all of them sit in the region before the frame is sent;
+- more: the frame goes first, then the bytes in pieces. The sender copies piece ``k`` into
+  slot ``k % _SLOTS`` and sends one byte; the receiver copies it out into the tensor's own
+  memory (:mod:`bastion.buffers`) and answers one byte when the slot may be filled again
+  (not for the last ``_SLOTS`` pieces). Both processes copy at once, one per CPU.
+
+Requests and replies alternate on a connection, so a frame never starts while the previous
+one is still being read.
 
 Peers authenticate first with the same HMAC challenge-response as TCP
 (:mod:`bastion.transports.handshake`).
@@ -30,8 +38,7 @@ import os
 import socket
 from typing import Any
 
-import torch
-
+from bastion import buffers as _buffers
 from bastion import serde
 from bastion.errors import (
     ConfigurationError,
@@ -49,7 +56,9 @@ from bastion.transports.stream import StreamConnection, StreamServer, lost
 log = get_logger("bastion.transports.shm")
 
 _NEW_REGION = 1
-_MIN_REGION = 1 << 20
+_STREAM = 2
+_PIECE = 4 << 20  # a frame with more tensor bytes than this streams through the region
+_SLOTS = 4  # pieces in flight: the sender fills one slot while the receiver empties another
 _RECV_CHUNK = 1 << 16
 
 
@@ -66,7 +75,7 @@ class _Region:
     def __init__(self, fd: int, size: int) -> None:
         self.fd, self.size = fd, size
         self.map = mmap.mmap(fd, size) if size else None
-        self.view = torch.frombuffer(self.map, dtype=torch.uint8) if size else None
+        self.bytes = memoryview(self.map) if size else memoryview(b"")
 
     @classmethod
     def create(cls, size: int) -> _Region:
@@ -75,7 +84,7 @@ class _Region:
         return cls(fd, size)
 
     def close(self) -> None:
-        self.view = None
+        self.bytes.release()
         if self.map is not None:
             try:
                 self.map.close()
@@ -97,26 +106,38 @@ class _Channel:
 
     def send(self, obj: Any, kind: int) -> None:
         control, buffers = serde.encode_split(obj, kind, limits=self.limits)
-        offset, spans = 0, []
-        for part in buffers:
-            view = memoryview(part).cast("B")
-            offset += serde.padding(offset)
-            spans.append((offset, view))
-            offset += view.nbytes
+        views = [memoryview(part).cast("B") for part in buffers]
+        total = sum(view.nbytes for view in views)
         flag = 0
-        if offset > self.mine.size:
-            self.mine.close()
-            self.mine = _Region.create(max(offset, 2 * self.mine.size, _MIN_REGION))
+        if total and not self.mine.size:
+            self.mine = _Region.create(_PIECE * _SLOTS)
             flag = _NEW_REGION
-        for start, view in spans:
-            if view.nbytes:
-                target = self.mine.view[start : start + view.nbytes]
-                target.copy_(torch.frombuffer(view, dtype=torch.uint8))
-        if flag:
+        streamed = total > _PIECE
+        if not streamed:  # one piece: the whole frame sits in the region before it is told
+            _copy_piece(views, 0, total, self.mine.bytes, 0, into_region=True)
+        flag |= _STREAM if streamed else 0
+        if flag & _NEW_REGION:
             socket.send_fds(self.sock, [bytes([flag])], [self.mine.fd])
             self.sock.sendall(control)
         else:
-            self.sock.sendall(b"\x00" + control)
+            self.sock.sendall(bytes([flag]) + control)
+        if streamed:
+            self._stream(views, total)
+
+    def _stream(self, views: list[memoryview], total: int) -> None:
+        """Fill the region's slots piece by piece while the receiver empties them."""
+        pieces = -(-total // _PIECE)
+        freed = 0
+        for k in range(pieces):
+            while freed < k - _SLOTS + 1:  # piece k reuses the slot of piece k - _SLOTS
+                data = self.sock.recv(_RECV_CHUNK)
+                if not data:
+                    raise ConnectionLost("the peer closed the connection mid-frame")
+                freed += len(data)
+            start = k * _PIECE
+            _copy_piece(views, start, min(total, start + _PIECE), self.mine.bytes,
+                        (k % _SLOTS) * _PIECE, into_region=True)  # fmt: skip
+            self.sock.sendall(b"\x01")
 
     def recv(self, first_timeout: float | None = None) -> tuple[int, Any]:
         # One recvmsg usually brings the flag, any descriptor and the whole control frame.
@@ -125,11 +146,16 @@ class _Channel:
             self.sock.settimeout(first_timeout)
         if not data:
             raise ConnectionLost("the peer closed the shared-memory connection")
-        if data[0] == _NEW_REGION:
+        flag = data[0]
+        if flag & _NEW_REGION:
             if len(fds) != 1:
                 raise SerializationError("a new shared-memory region came without its handle")
+            size = os.fstat(fds[0]).st_size
+            if size > _PIECE * _SLOTS:
+                os.close(fds[0])
+                raise SerializationError("a shared-memory region is larger than a region is")
             self.theirs.close()
-            self.theirs = _Region(fds[0], os.fstat(fds[0]).st_size)
+            self.theirs = _Region(fds[0], size)
         else:
             for fd in fds:
                 os.close(fd)
@@ -137,22 +163,41 @@ class _Channel:
         header = serde.parse_header(self._take(pending, serde.HEADER.size), self.limits)
         lengths = serde.frame_layout(header, self._take(pending, header.table_len), self.limits)
         meta = self._take(pending, header.meta_len)
-        if pending:
+        total = sum(lengths)
+        streamed = bool(flag & _STREAM)
+        if (total > _PIECE) != streamed:
+            raise SerializationError("a shared-memory frame streams if, and only if, it is large")
+        if total and self.theirs.size < (_PIECE * _SLOTS if streamed else total):
+            raise SerializationError("a frame points past the sender's shared memory")
+        # From the pool: large buffers come back with their pages already faulted in.
+        buffers = [_buffers.take(length) for length in lengths]
+        if streamed:
+            self._unstream(buffers, total, len(pending))
+        elif pending:
             raise SerializationError("a shared-memory frame carried bytes after its meta")
-        offset, buffers = 0, []
-        for length in lengths:
-            offset += serde.padding(offset)
-            if offset + length > self.theirs.size:
-                raise SerializationError("a frame points past the sender's shared memory")
-            # torch.empty, not bytearray: no zero-filling pass before the copy
-            buffer = torch.empty(length, dtype=torch.uint8)
-            buffer.copy_(self.theirs.view[offset : offset + length])
-            buffers.append(buffer.numpy())
-            offset += length
+        else:
+            _copy_piece(buffers, 0, total, self.theirs.bytes, 0, into_region=False)
         try:
             return header.kind, serde.decode_parts(meta, buffers, self.limits)
         except SerializationError as exc:  # read whole: the stream is still in step
             raise FrameError(str(exc)) from exc
+
+    def _unstream(self, buffers: list[memoryview], total: int, told: int) -> None:
+        """Empty the sender's slots as it fills them; free each slot it will fill again."""
+        pieces = -(-total // _PIECE)
+        for k in range(pieces):
+            while told <= k:
+                data = self.sock.recv(_RECV_CHUNK)
+                if not data:
+                    raise ConnectionLost("the peer closed the connection mid-frame")
+                told += len(data)
+            start = k * _PIECE
+            _copy_piece(buffers, start, min(total, start + _PIECE), self.theirs.bytes,
+                        (k % _SLOTS) * _PIECE, into_region=False)  # fmt: skip
+            if k + _SLOTS < pieces:
+                self.sock.sendall(b"\x01")
+        if told != pieces:
+            raise SerializationError("a streamed shared-memory frame told of extra pieces")
 
     def _take(self, pending: bytearray, size: int) -> bytes:
         """The next ``size`` bytes: from what was already received, then from the socket."""
@@ -171,6 +216,28 @@ class _Channel:
         finally:
             self.mine.close()
             self.theirs.close()
+
+
+def _copy_piece(views: list[memoryview], start: int, stop: int, region: memoryview,
+                at: int, *, into_region: bool) -> None:  # fmt: skip
+    """Copy bytes ``start:stop`` of the buffers laid end to end from or to ``region[at:]``.
+
+    A plain ``memcpy`` on this thread: a streamed frame keeps both processes copying at
+    once, and PyTorch's threaded copy would set four threads spinning on two cores.
+    """
+    offset = 0
+    for view in views:
+        end = offset + view.nbytes
+        lo, hi = max(start, offset), min(stop, end)
+        if lo < hi:
+            slot = slice(at + lo - start, at + hi - start)
+            if into_region:
+                region[slot] = view[lo - offset : hi - offset]
+            else:
+                view[lo - offset : hi - offset] = region[slot]
+        if end >= stop:
+            break
+        offset = end
 
 
 class ShmTransport(Transport):

@@ -2,7 +2,8 @@
 
 A frame is :mod:`bastion.serde`'s, sent as it is encoded: the header and meta in one part,
 each tensor straight from its memory (``sendmsg`` gathers the parts, no joined copy), and
-received into a buffer allocated once per tensor (``recv_into``). Peers authenticate with
+received into a buffer allocated once per tensor (``recv_into``; large ones come from
+:mod:`bastion.buffers`, already faulted in). Peers authenticate with
 an HMAC challenge-response on a shared key before any frame is decoded
 (:mod:`bastion.transports.handshake`); a refused peer is a ``denied`` event.
 
@@ -19,8 +20,7 @@ import socket
 import ssl
 from typing import Any
 
-import torch
-
+from bastion import buffers as _buffers
 from bastion import serde
 from bastion.errors import (
     ConfigurationError,
@@ -89,8 +89,7 @@ class TcpChannel:
         for length in lengths:
             self._take(serde.padding(offset))
             offset += serde.padding(offset) + length
-            buffer = torch.empty(length, dtype=torch.uint8)  # no zero-filling pass
-            view = memoryview(buffer.numpy())
+            view = _buffers.take(length)  # large ones reused from the pool: no page faults
             got = min(len(self._pending), length)
             view[:got] = self._pending[:got]
             del self._pending[:got]

@@ -59,20 +59,17 @@ def live():
 def allocations():
     """Every receive buffer the TCP channel allocates, by size."""
     sizes: list[int] = []
-    real = tcp_module.torch
+    real = tcp_module._buffers
 
     class Recording:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
         @staticmethod
-        def empty(size, *args, **kwargs):
+        def take(size):
             sizes.append(int(size))
-            return real.empty(size, *args, **kwargs)
+            return real.take(size)
 
-    tcp_module.torch = Recording()
+    tcp_module._buffers = Recording()
     yield sizes
-    tcp_module.torch = real
+    tcp_module._buffers = real
 
 
 def _frame(message=None) -> bytes:
