@@ -69,9 +69,10 @@ def test_the_seed_tutorial_over_every_transport(two_workers, tmp_path):
     assert {"create", "get", "clear"} <= set(kinds["M2"])
 
 
-def test_a_worker_killed_mid_transfer_leaves_a_clear_error_and_others_untouched():
-    doomed = sy.spawn("tcp", id=f"doomed-{os.getpid()}")
-    other = sy.spawn("tcp", id=f"other-{os.getpid()}")
+@pytest.mark.parametrize("scheme", ["tcp", "shm"])
+def test_a_worker_killed_mid_transfer_leaves_a_clear_error_and_others_untouched(scheme):
+    doomed = sy.spawn(scheme, id=f"doomed-{scheme}-{os.getpid()}")
+    other = sy.spawn(scheme, id=f"other-{scheme}-{os.getpid()}")
     try:
         kept = other.send(torch.arange(5))
         big = torch.randn(64 * 2**20)  # 256 MiB: the kill lands while it is on the wire
@@ -79,8 +80,8 @@ def test_a_worker_killed_mid_transfer_leaves_a_clear_error_and_others_untouched(
 
         def transfer() -> None:
             try:
-                doomed.send(big)
-                doomed.send(big)
+                for _ in range(200):  # until the kill lands (a send takes 0.05-0.3 s)
+                    doomed.send(big)
             except BaseException as exc:  # inspected below
                 errors.append(exc)
 
