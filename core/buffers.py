@@ -49,6 +49,12 @@ class _Region:
         self.size = size
         self.pid = os.getpid()
 
+    def unmap(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:  # its last lease is still being torn down: unmapped when it is
+            pass
+
 
 class BufferPool:
     """Writable buffers for received tensors, from mappings that are reused when freed.
@@ -74,16 +80,15 @@ class BufferPool:
     def take(self, nbytes: int) -> memoryview:
         """A writable byte buffer of ``nbytes`` (contents undefined), to fill and build on."""
         if nbytes < MIN_BYTES or nbytes > self.limit:
-            self._counts["unpooled"] += 1
+            with self._lock:
+                self._counts["unpooled"] += 1
             return memoryview(torch.empty(nbytes, dtype=torch.uint8).numpy())
         with self._lock:
             self._collect()
             region = self._best_fit(nbytes)
+            self._counts["reused" if region else "fresh"] += 1
         if region is None:
             region = _Region(-(-nbytes // _GRAIN) * _GRAIN)
-            self._counts["fresh"] += 1
-        else:
-            self._counts["reused"] += 1
         # The lease is a ctypes array over the mapping: memoryviews, slices of them and
         # tensors built on any of them all keep it alive, so its death means "all gone".
         lease = (ctypes.c_ubyte * nbytes).from_buffer(region.map)
@@ -119,12 +124,12 @@ class BufferPool:
             if region.pid == pid:  # a region inherited over fork is copy-on-write: drop it
                 self._idle.append(region)
             else:
-                region.map.close()
+                region.unmap()
         idle = sum(r.size for r in self._idle)
         while self._idle and idle > self.limit:
             region = self._idle.pop(0)
             idle -= region.size
-            region.map.close()
+            region.unmap()
 
     def clear(self) -> int:
         """Unmap every idle buffer; returns the bytes handed back to the system."""
@@ -132,7 +137,7 @@ class BufferPool:
             self._collect()
             freed = sum(r.size for r in self._idle)
             for region in self._idle:
-                region.map.close()
+                region.unmap()
             self._idle.clear()
         return freed
 
@@ -147,7 +152,7 @@ class BufferPool:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         for region in self._idle:
-            region.map.close()
+            region.unmap()
         self._idle.clear()
 
 
