@@ -108,14 +108,13 @@ class _Channel:
         control, buffers = serde.encode_split(obj, kind, limits=self.limits)
         views = [memoryview(part).cast("B") for part in buffers]
         total = sum(view.nbytes for view in views)
-        flag = 0
+        streamed = total > _PIECE
+        flag = _STREAM if streamed else 0
         if total and not self.mine.size:
             self.mine = _Region.create(_PIECE * _SLOTS)
-            flag = _NEW_REGION
-        streamed = total > _PIECE
+            flag |= _NEW_REGION
         if not streamed:  # one piece: the whole frame sits in the region before it is told
             _copy_piece(views, 0, total, self.mine.bytes, 0, into_region=True)
-        flag |= _STREAM if streamed else 0
         if flag & _NEW_REGION:
             socket.send_fds(self.sock, [bytes([flag])], [self.mine.fd])
             self.sock.sendall(control)
@@ -129,15 +128,20 @@ class _Channel:
         pieces = -(-total // _PIECE)
         freed = 0
         for k in range(pieces):
-            while freed < k - _SLOTS + 1:  # piece k reuses the slot of piece k - _SLOTS
-                data = self.sock.recv(_RECV_CHUNK)
-                if not data:
-                    raise ConnectionLost("the peer closed the connection mid-frame")
-                freed += len(data)
+            freed = self._notices(freed, k - _SLOTS + 1)  # piece k reuses k - _SLOTS's slot
             start = k * _PIECE
             _copy_piece(views, start, min(total, start + _PIECE), self.mine.bytes,
                         (k % _SLOTS) * _PIECE, into_region=True)  # fmt: skip
             self.sock.sendall(b"\x01")
+
+    def _notices(self, have: int, want: int) -> int:
+        """Read the peer's one-byte notices until ``want`` have come; returns how many did."""
+        while have < want:
+            data = self.sock.recv(_RECV_CHUNK)
+            if not data:
+                raise ConnectionLost("the peer closed the connection mid-frame")
+            have += len(data)
+        return have
 
     def recv(self, first_timeout: float | None = None) -> tuple[int, Any]:
         # One recvmsg usually brings the flag, any descriptor and the whole control frame.
@@ -153,7 +157,9 @@ class _Channel:
             size = os.fstat(fds[0]).st_size
             if size > _PIECE * _SLOTS:
                 os.close(fds[0])
-                raise SerializationError("a shared-memory region is larger than a region is")
+                raise SerializationError(
+                    f"a shared-memory region of {size} bytes; regions are {_PIECE * _SLOTS}"
+                )
             self.theirs.close()
             self.theirs = _Region(fds[0], size)
         else:
@@ -186,11 +192,7 @@ class _Channel:
         """Empty the sender's slots as it fills them; free each slot it will fill again."""
         pieces = -(-total // _PIECE)
         for k in range(pieces):
-            while told <= k:
-                data = self.sock.recv(_RECV_CHUNK)
-                if not data:
-                    raise ConnectionLost("the peer closed the connection mid-frame")
-                told += len(data)
+            told = self._notices(told, k + 1)
             start = k * _PIECE
             _copy_piece(buffers, start, min(total, start + _PIECE), self.theirs.bytes,
                         (k % _SLOTS) * _PIECE, into_region=False)  # fmt: skip
