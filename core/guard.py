@@ -2,7 +2,9 @@
 what may leave.
 
 A :class:`PrivacyGuard` belongs to one :class:`~bastion.Worker`, whose handlers ask it before
-anything leaves (``get``, ``move``) and tell it what each operation read and wrote:
+anything leaves (``get``, ``move``, a shipped function's value). It answers with a
+:class:`Verdict` and changes nothing: the worker records what it decided, and the events
+change the state the guard reads. The rules:
 
 - a **private** object (registered by its owner) leaves only to its owner;
 - an object computed from private ones is **private-derived** (its *sources* are the private
@@ -16,8 +18,9 @@ anything leaves (``get``, ``move``) and tell it what each operation read and wro
 Everything the guard knows is in the event log: ``create`` events carry
 ``{"private": true, "owner": ..., "tags": [...], "policy": ...}`` or
 ``{"derived": true, "sources": [...]}``, ``policy`` events the worker's policy and budget,
-``release`` events each DP release, so :meth:`PrivacyGuard.restore` rebuilds it after a
-restart. Workers that hold nothing private pay one dict check per operation.
+``release`` events each DP release, so replay and a restarted worker rebuild it through
+the one :func:`bastion.stores.state.apply`. Workers that hold nothing private pay one dict
+check per operation.
 
 >>> import torch, bastion as sy
 >>> from bastion.messages import Get, Ref, RunOp
@@ -56,7 +59,7 @@ from bastion.privacy import (
 )
 
 if TYPE_CHECKING:
-    from bastion.worker import Worker
+    from bastion.stores.state import WorkerState
 
 log = get_logger("bastion.privacy")
 
@@ -100,6 +103,22 @@ class Source:
                 "policy": None if self.policy is None else self.policy.to_json()}  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the guard decided about data that would leave.
+
+    ``why`` set: refused (the worker records a ``denied`` event and raises). Otherwise it
+    leaves: ``release`` is the detail of the ``release`` event the worker appends first (None:
+    no event), ``value``/``digest`` what leaves when the guard changed it (``noised``).
+    """
+
+    why: str | None = None
+    release: dict[str, Any] | None = None
+    value: Any = None
+    digest: str | None = None
+    noised: bool = False
+
+
 def _storage_key(value: Any) -> int:
     try:
         return value.untyped_storage().data_ptr() if value.numel() else 0
@@ -108,53 +127,104 @@ def _storage_key(value: Any) -> int:
 
 
 class PrivacyGuard:
-    """One worker's privacy state and decisions (``worker.privacy``)."""
+    """One worker's privacy decisions (``worker.privacy``), read off its
+    :class:`~bastion.stores.state.WorkerState`: the guard holds no state of its own and
+    changes none; every label, source, policy and budget spent comes from the events."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        #: every object ever registered private, by id (derived labels name them)
-        self.sources: dict[int, Source] = {}
-        #: live objects that are private or private-derived -> the private ids they come from
-        self.labels: dict[int, frozenset[int]] = {}
-        #: live objects that are private themselves (registered, not derived)
-        self.originals: set[int] = set()
-        self.default: ReleasePolicy = Deny()
-        self.budget: Budget | None = None
-        self.accountants: dict[str, Accountant] = {}
-        self.total = Accountant()
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+        self._policies: dict[str, ReleasePolicy | None] = {}
 
-    # ------------------------------------------------------------------ configuration
+    # ------------------------------------------------------------------ what the events say
 
-    def register(self, obj_id: int, owner: str | None, tags: Iterable[str],
-                 policy: ReleasePolicy | str | None) -> dict[str, Any]:  # fmt: skip
-        """Mark ``obj_id`` private; returns the ``create`` event's detail."""
+    @property
+    def labels(self) -> dict[int, frozenset[int]]:
+        """Live private or private-derived objects -> the private ids they come from."""
+        return self.state.labels
+
+    @property
+    def originals(self) -> set[int]:
+        """Live objects that are private themselves (registered, not derived)."""
+        return self.state.originals
+
+    @property
+    def sources(self) -> dict[int, Source]:
+        """Every object ever registered private, by id (derived labels name them)."""
+        return {oid: self._source(oid) for oid in self.state.sources}
+
+    @property
+    def default(self) -> ReleasePolicy:
+        """The worker's release policy (``Deny()`` until its owner sets one)."""
+        policy = self.state.policy
+        return (self._policy(policy["default"]) if policy else None) or Deny()
+
+    @property
+    def budget(self) -> Budget | None:
+        """Each peer's DP budget on this worker (None: no DP release is possible)."""
+        policy = self.state.policy
+        data = policy.get("budget") if policy else None
+        return None if data is None else Budget(**data)
+
+    def _policy(self, data: dict[str, Any] | None) -> ReleasePolicy | None:
+        if data is None:
+            return None
+        key = json.dumps(data, sort_keys=True)
+        if key not in self._policies:
+            self._policies[key] = policy_from_json(data)
+        return self._policies[key]
+
+    def _source(self, obj_id: int) -> Source:
+        data = self.state.sources.get(obj_id)
+        if data is None:  # named by a label but never registered here: private to no one
+            return Source(None, (), Deny())
+        return Source(data.get("owner"), tuple(data.get("tags", ())),
+                      self._policy(data.get("policy")))  # fmt: skip
+
+    def accountant(self, peer: str | None = None) -> Accountant:
+        """The privacy spent by ``peer`` (None: by every peer together), from the ``release``
+        events."""
+        accountant = Accountant()
+        steps = self.state.dp_total if peer is None else self.state.dp_steps.get(peer, ())
+        for noise_multiplier, sample_rate in steps:
+            accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+        return accountant
+
+    # ------------------------------------------------------------------ event details
+
+    def source_detail(self, owner: str | None, tags: Iterable[str],
+                      policy: ReleasePolicy | str | None) -> dict[str, Any]:  # fmt: skip
+        """The ``create`` detail that registers an object private (validated)."""
         tags = tuple(tags)
         if not all(isinstance(tag, str) and tag for tag in tags):
             raise ConfigurationError(f"tags are non-empty strings, got {tags!r}")
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ConfigurationError(f"owner is a peer id (a non-empty string), got {owner!r}")
-        source = Source(owner, tags, as_policy(policy))
-        self.sources[obj_id] = source
-        self.labels[obj_id] = frozenset((obj_id,))
-        self.originals.add(obj_id)
-        return source.to_json()
+        return Source(owner, tags, as_policy(policy)).to_json()
 
-    def set_policy(self, policy: ReleasePolicy | str, budget: Budget | None) -> dict[str, Any]:
-        """Set the default release policy and the per-peer budget; returns the event detail."""
+    def policy_detail(self, policy: ReleasePolicy | str, budget: Budget | None) -> dict[str, Any]:
+        """The ``policy`` event's detail for a default release policy and per-peer budget."""
         resolved = as_policy(policy)
         if resolved is None:
             raise ConfigurationError("set_release_policy() needs a policy: 'deny', 'allow' or DP")
         if budget is not None and not isinstance(budget, Budget):
             raise ConfigurationError(f"budget is a Budget(epsilon, delta), not {budget!r}")
-        self.default, self.budget = resolved, budget
         return {"default": resolved.to_json(),
                 "budget": None if budget is None else budget.to_json()}  # fmt: skip
+
+    def label(self, obj_id: int, taint: frozenset[int]) -> dict[str, Any]:
+        """The privacy label of a result derived from ``taint``, as ``create`` detail."""
+        if obj_id in self.state.originals:  # written in place: still the owner's private object
+            return dict(self.state.sources[obj_id], private=True)
+        current = self.state.labels.get(obj_id)
+        if current is not None:
+            taint = current | taint
+        return {"derived": True, "sources": sorted(taint)}
 
     # ------------------------------------------------------------------ taint
 
     def taint(self, ids: Iterable[int]) -> frozenset[int] | None:
         """The private sources of objects ``ids`` together (None when none is tainted)."""
-        labels = self.labels
+        labels = self.state.labels
         taint = None
         for obj_id in ids:
             sources = labels.get(obj_id)
@@ -167,26 +237,15 @@ class PrivacyGuard:
         derive from every private object this worker was given, unless ``peer`` owns them all.
         """
         taint = self.taint(ids)
-        if self.sources and not self.owns(peer, self.sources):
-            everything = frozenset(self.sources)
+        sources = self.state.sources
+        if sources and not self.owns(peer, sources):
+            everything = frozenset(sources)
             taint = everything if taint is None else taint | everything
         return taint
 
-    def label(self, obj_id: int, taint: frozenset[int]) -> dict[str, Any]:
-        """Mark a result derived from ``taint``; returns its ``create`` event's detail."""
-        if obj_id in self.originals:  # written in place: still the owner's private object
-            return self.sources[obj_id].to_json()
-        current = self.labels.get(obj_id)
-        if current is not None and not taint <= current:
-            taint = current | taint
-        elif current is not None:
-            taint = current
-        self.labels[obj_id] = taint
-        return {"derived": True, "sources": sorted(taint)}
-
     def snapshot(self, inputs: dict[int, int]) -> dict[int, int]:
         """Version counters of the tensor inputs, to see afterwards which were written."""
-        objects, versions = self.worker.store.objects, {}
+        objects, versions = self.state.store.objects, {}
         for obj_id in inputs.values():
             value = objects.get(obj_id)
             if isinstance(value, torch.Tensor) and not value.is_inference():
@@ -198,11 +257,12 @@ class PrivacyGuard:
         *, everything: bool = False,
     ) -> set[int]:
         """The stored objects a tainted operation may have written, besides its results."""
-        objects = self.worker.store.objects
+        objects = self.state.store.objects
         if everything or writes_arguments(op, kwargs):
             written = {i for i in inputs.values() if isinstance(objects.get(i), torch.Tensor)}
         else:
-            written = {i for i, v in versions.items() if objects[i]._version != v}
+            written = {i for i, v in versions.items()
+                       if i in objects and objects[i]._version != v}  # fmt: skip
         if _is_backward(op):
             written |= {i for i, value in objects.items() if isinstance(value, torch.Tensor)
                         and (value.is_leaf or value.retains_grad) and value.grad is not None}
@@ -213,23 +273,19 @@ class PrivacyGuard:
                             and _storage_key(value) in keys}  # fmt: skip
         return written
 
-    def forget(self, ids: Iterable[int]) -> None:
-        """Objects that left the worker (fetched, moved, deleted, cleared)."""
-        for obj_id in ids:
-            if self.labels.pop(obj_id, None) is not None:
-                self.originals.discard(obj_id)
-
     # ------------------------------------------------------------------ decisions
 
     def owns(self, peer: str, sources: Iterable[int]) -> bool:
         """True when ``peer`` registered every one of ``sources``."""
-        return all((owner := self.sources[s].owner) is not None and owner == peer
-                   for s in sources)  # fmt: skip
+        registered = self.state.sources
+        return all((data := registered.get(s)) is not None and data.get("owner") is not None
+                   and data.get("owner") == peer for s in sources)  # fmt: skip
 
     def policy_for(self, sources: frozenset[int]) -> tuple[ReleasePolicy, str]:
         """The strictest of the sources' policies (a source without one has the default),
         and why a refusal under it is one."""
-        policies = {self.sources[s].policy or self.default for s in sources}
+        default = self.default
+        policies = {self._source(s).policy or default for s in sources}
         if any(isinstance(p, Deny) for p in policies):
             return Deny(), "the release policy is deny"
         dp = {p for p in policies if isinstance(p, DP)}
@@ -237,176 +293,120 @@ class PrivacyGuard:
             return Deny(), "its sources have different dp policies; give them one policy"
         return (dp.pop(), "") if dp else (Allow(), "")
 
-    def refuse(self, obj_id: int, peer: str, request: str, why: str) -> Exception:
-        return self.worker.record_denied(peer, request, why, object_id=obj_id)
-
-    def check_move(self, obj_id: int, peer: str, destination: str) -> None:
-        """Refuse (``denied``) or allow (``release`` for derived data) a move of ``obj_id``."""
-        sources = self.labels.get(obj_id)
+    def check_move(self, obj_id: int, peer: str, destination: str) -> Verdict | None:
+        """May ``peer`` move ``obj_id`` to ``destination``? None: yes, nothing to record."""
+        sources = self.state.labels.get(obj_id)
         if sources is None or self.owns(peer, sources):
-            return
-        if obj_id in self.originals:
-            raise self.refuse(obj_id, peer, "move", "the object is private: only its owner "
-                              "may move it; compute on it where it is") from None
+            return None
+        if obj_id in self.state.originals:
+            return Verdict("the object is private: only its owner may move it; compute on it "
+                           "where it is")
         policy, why = self.policy_for(sources)
         if isinstance(policy, Allow):
-            self._record_release(obj_id, peer, "move", sources, {"mechanism": "allow",
-                                                                  "destination": destination})
-            return
+            return Verdict(release=_release_detail("move", sources, {
+                "mechanism": "allow", "destination": destination}))
         if isinstance(policy, DP):
             why = ("the release policy is dp: it leaves only through get(), with noise; a move "
                    "would carry the exact value")
-        raise self.refuse(obj_id, peer, "move", f"the object is computed from private data "
-                          f"and {why}") from None
+        return Verdict(f"the object is computed from private data and {why}")
 
-    def check_get(
-        self, obj_id: int, value: Any, peer: str, with_grad: bool
-    ) -> tuple[Any, Any, str] | None:
-        """Refuse, allow, or release with noise a ``get`` of ``obj_id``.
-
-        Returns None when the value leaves as it is, else ``(value, grad, digest)`` to send.
-        """
-        sources = self.labels.get(obj_id)
+    def check_get(self, obj_id: int, value: Any, peer: str, with_grad: bool) -> Verdict | None:
+        """May ``peer`` fetch ``obj_id``? None: it leaves as it is, nothing to record."""
+        sources = self.state.labels.get(obj_id)
         if sources is None or self.owns(peer, sources):
             return None
-        if obj_id in self.originals:
-            raise self.refuse(obj_id, peer, "get", "the object is private: only its owner may "
-                              "fetch it; compute on it and ask for a release of the result")
+        if obj_id in self.state.originals:
+            return Verdict("the object is private: only its owner may fetch it; compute on it "
+                           "and ask for a release of the result")
         grad = value.grad if with_grad and isinstance(value, torch.Tensor) and value.is_leaf \
             else None  # fmt: skip
-        released = self.release(sources, (value, grad), peer, "get", obj_id)
-        if released is None:
-            return None
-        (value, grad), digest = released
-        return value, grad, digest
+        verdict = self.release(sources, (value, grad), peer, "get")
+        if verdict is not None and verdict.why is None and not verdict.noised:
+            return Verdict(release=verdict.release)  # allowed as it is: (value, grad) unchanged
+        return verdict
 
     def release(self, sources: frozenset[int], value: Any, peer: str, request: str,
                 obj_id: int | None = None, digest: str | None = None,
-                ) -> tuple[Any, str] | None:  # fmt: skip
-        """Let ``value``, derived from ``sources``, leave to ``peer`` as the policy says
-        (``digest``: the value's, for the ``release`` event of an ``allow``).
-
-        Returns None when it leaves as it is (``allow``: a ``release`` event), ``(noised
-        value, digest)`` under ``dp`` (tensors and numbers in tuples, lists and dicts are
-        clipped together and noised), or raises ``PermissionDenied`` (a ``denied`` event).
-        """
+                ) -> Verdict | None:  # fmt: skip
+        """May ``value``, derived from ``sources``, leave to ``peer``? As the policy says:
+        None (``peer`` owns the sources), a release as it is (``allow``), a noised release
+        (``dp``: tensors and numbers in tuples, lists and dicts clipped together and noised),
+        or a refusal."""
         if self.owns(peer, sources):
             return None
         policy, why = self.policy_for(sources)
         if isinstance(policy, Allow):
-            self._record_release(obj_id, peer, request, sources, {"mechanism": "allow"},
-                                 digest=digest)  # fmt: skip
-            return None
+            return Verdict(release=_release_detail(request, sources, {"mechanism": "allow"}),
+                           digest=digest)  # fmt: skip
         if isinstance(policy, Deny):
-            raise self.refuse(obj_id, peer, request, f"the object is computed from private "
-                              f"data and {why}")
-        return self._dp_release(obj_id, value, peer, request, sources, policy)
+            return Verdict(f"the object is computed from private data and {why}")
+        return self._dp_release(value, peer, request, sources, policy)
 
-    def _dp_release(self, obj_id: int | None, value: Any, peer: str, request: str,
-                    sources: frozenset[int], policy: DP) -> tuple[Any, str]:  # fmt: skip
+    def _dp_release(self, value: Any, peer: str, request: str, sources: frozenset[int],
+                    policy: DP) -> Verdict:  # fmt: skip
         leaves: list[torch.Tensor] = []
         try:
             template = _flatten(value, leaves)
         except TypeError as exc:
-            raise self.refuse(obj_id, peer, request, f"a dp release is of real tensors and "
-                              f"numbers (in tuples, lists or dicts), not {exc}") from None
+            return Verdict(f"a dp release is of real tensors and numbers (in tuples, lists or "
+                           f"dicts), not {exc}")
         budget = self.budget
         if budget is None:
-            raise self.refuse(obj_id, peer, request, "the release policy is dp but the worker "
-                              "sets no privacy budget (set_release_policy(..., budget=Budget()))")
+            return Verdict("the release policy is dp but the worker sets no privacy budget "
+                           "(set_release_policy(..., budget=Budget()))")
         z = policy.noise_multiplier
-        accountant = self.accountants.setdefault(peer, Accountant())
+        accountant = self.accountant(peer)
         spent = accountant.epsilon(budget.delta)
         after = accountant.epsilon_after(noise_multiplier=z, delta=budget.delta)
         if after > budget.epsilon:
-            raise self.refuse(obj_id, peer, request, f"privacy budget spent: this release would "
-                              f"bring epsilon to {after:.4g}, past the budget {budget.epsilon:g} "
-                              f"(spent {spent:.4g}, delta {budget.delta:g})")
+            return Verdict(f"privacy budget spent: this release would bring epsilon to "
+                           f"{after:.4g}, past the budget {budget.epsilon:g} (spent {spent:.4g}, "
+                           f"delta {budget.delta:g})")
         if budget.total_epsilon is not None:
-            total = self.total.epsilon_after(noise_multiplier=z, delta=budget.delta)
+            total = self.accountant().epsilon_after(noise_multiplier=z, delta=budget.delta)
             if total > budget.total_epsilon:
-                raise self.refuse(obj_id, peer, request, f"the worker's total privacy budget "
-                                  f"is spent: this release would bring it to {total:.4g}, past "
-                                  f"{budget.total_epsilon:g}")
+                return Verdict(f"the worker's total privacy budget is spent: this release "
+                               f"would bring it to {total:.4g}, past {budget.total_epsilon:g}")
         noised = gaussian_release(leaves, policy.clip, z)
         released = _rebuild(template, noised)
-        accountant.step(noise_multiplier=z)
-        self.total.step(noise_multiplier=z)
         digest = _leaves_digest(noised)
-        self._record_release(obj_id, peer, request, sources, {
+        return Verdict(release=_release_detail(request, sources, {
             "mechanism": "gaussian", "accountant": accountant.mechanism, "noise_multiplier": z,
             "sigma": policy.sigma, "sensitivity": policy.clip, "sample_rate": 1.0,
             "epsilon_spent": after - spent, "epsilon_total": after,
             "epsilon_budget": budget.epsilon, "delta": budget.delta,
-        }, digest=digest)
-        return released, digest
+        }), value=released, digest=digest, noised=True)
 
-    def _record_release(self, obj_id: int | None, peer: str, request: str, sources: frozenset[int],
-                        detail: dict[str, Any], digest: str | None = None) -> None:  # fmt: skip
-        self.worker.log.append("release", object_id=obj_id, peer=peer, digest=digest,
-                               detail={"request": request, "sources": sorted(sources), **detail})
-        log.info("private-derived data released", worker=self.worker.id, peer=peer,
-                 object_id=obj_id, mechanism=detail["mechanism"])
-
-    def filter_delete(self, ids: Iterable[int], peer: str, request: str) -> list[int]:
-        """The ids ``peer`` may delete: not another owner's private objects (``denied``)."""
+    def filter_delete(self, ids: Iterable[int], peer: str) -> tuple[list[int], list[int]]:
+        """``(ids peer may delete, another owner's private objects it may not)``."""
         allowed, kept = [], []
+        originals, labels = self.state.originals, self.state.labels
         for obj_id in ids:
-            if obj_id in self.originals and not self.owns(peer, self.labels[obj_id]):
+            if obj_id in originals and not self.owns(peer, labels[obj_id]):
                 kept.append(obj_id)
             else:
                 allowed.append(obj_id)
-        if kept:
-            self.worker.record_denied(peer, request, "private objects are deleted only by their "
-                                      "owner; they were kept", ids=kept)
-        return allowed
+        return allowed, kept
 
     def budget_report(self, peer: str) -> BudgetReport:
         """What ``peer`` has spent and has left."""
-        accountant = self.accountants.get(peer) or Accountant()
+        accountant = self.accountant(peer)
         budget = self.budget
         spent = accountant.epsilon(budget.delta) if budget is not None else 0.0
         left = None if budget is None else max(budget.epsilon - spent, 0.0)
         policy = None  # what a shipped function's value leaves under (see call_taint)
-        if self.sources and not self.owns(peer, self.sources):
-            policy = self.policy_for(frozenset(self.sources))[0].to_json()
+        sources = self.state.sources
+        if sources and not self.owns(peer, sources):
+            policy = self.policy_for(frozenset(sources))[0].to_json()
         return BudgetReport(peer, None if budget is None else budget.epsilon,
                             None if budget is None else budget.delta, spent, left,
                             sum(steps for _, _, steps in accountant.history),
                             accountant.mechanism, policy)  # fmt: skip
 
-    # ------------------------------------------------------------------ restart
 
-    def restore(self) -> None:
-        """Rebuild after a restart: flags from the recovered objects' details, sources from
-        their registration events, the policy and the spent budgets from the log."""
-        log, details = self.worker.log, self.worker.store.details
-        policies = log.events(kind="policy")
-        if policies:
-            self.default = policy_from_json(policies[-1].detail["default"]) or Deny()
-            budget = policies[-1].detail.get("budget")
-            self.budget = None if budget is None else Budget(**budget)
-        for event in log.events(kind="release"):
-            if event.detail.get("mechanism") == "gaussian":
-                step = {"noise_multiplier": event.detail["noise_multiplier"],
-                        "sample_rate": event.detail.get("sample_rate", 1.0)}  # fmt: skip
-                self.accountants.setdefault(event.peer, Accountant()).step(**step)
-                self.total.step(**step)
-        for obj_id, text in details.items():
-            detail = json.loads(text)
-            if detail.get("private"):
-                self.sources[obj_id] = _source(detail)
-                self.labels[obj_id] = frozenset((obj_id,))
-                self.originals.add(obj_id)
-            elif detail.get("derived"):
-                self.labels[obj_id] = frozenset(detail["sources"])
-        named = set().union(*self.labels.values()) if self.labels else set()
-        for source_id in named - self.sources.keys():  # registered, since fetched or deleted
-            registered = [e for e in log.events(kind="create", object_id=source_id)
-                          if e.detail.get("private")]  # fmt: skip
-            # A source whose registration is not in the log is kept private to no one.
-            self.sources[source_id] = (_source(registered[-1].detail) if registered
-                                       else Source(None, (), Deny()))  # fmt: skip
+def _release_detail(request: str, sources: frozenset[int], detail: dict[str, Any]
+                    ) -> dict[str, Any]:  # fmt: skip
+    return {"request": request, "sources": sorted(sources), **detail}
 
 
 def value_digest(value: Any) -> str | None:
@@ -465,8 +465,3 @@ def _rebuild(template: Any, leaves: list[torch.Tensor]) -> Any:
     if type(template) is dict:
         return {key: _rebuild(item, leaves) for key, item in template.items()}
     return template
-
-
-def _source(detail: dict[str, Any]) -> Source:
-    return Source(detail.get("owner"), tuple(detail.get("tags", ())),
-                  policy_from_json(detail.get("policy")))  # fmt: skip

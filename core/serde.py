@@ -67,6 +67,7 @@ __all__ = [
     "VERSION",
     "FrameHeader",
     "Limits",
+    "check_tensor",
     "decode",
     "decode_parts",
     "encode",
@@ -253,7 +254,14 @@ def _wire_structseq(obj: tuple, room: int, bufs: list[memoryview]) -> list:
     return [_STRUCTSEQ, type(obj).__name__, *[_wire(x, room, bufs) for x in obj]]
 
 
-def _wire_tensor(t: torch.Tensor, bufs: list[memoryview]) -> list:
+def check_tensor(t: torch.Tensor) -> str:
+    """The wire name of ``t``'s dtype, or ``SerializationError`` when ``t`` is a tensor that
+    neither the wire nor the event log carries faithfully (sparse, nested, quantized, meta,
+    an unknown dtype). Workers refuse such values before recording anything.
+
+    >>> check_tensor(torch.ones(2))
+    'float32'
+    """
     if t.layout is not torch.strided or t.is_nested or t.is_quantized:
         what = "nested" if t.is_nested else "quantized" if t.is_quantized else str(t.layout)
         raise _cannot(t, f"a {what} tensor is not carried; send t.to_dense() or t.dequantize()")
@@ -262,6 +270,11 @@ def _wire_tensor(t: torch.Tensor, bufs: list[memoryview]) -> list:
         raise _cannot(t, f"dtype {t.dtype} is not carried; convert it with t.to(...)")
     if t.device.type == "meta":
         raise _cannot(t, "a tensor on the meta device has no data")
+    return name
+
+
+def _wire_tensor(t: torch.Tensor, bufs: list[memoryview]) -> list:
+    name = check_tensor(t)
     requires_grad = t.requires_grad
     if t.is_neg() or (t.numel() == 1 and t.dim() and t.stride(-1) != 1):  # tensor_bytes fails
         t = t.detach().resolve_neg().clone(memory_format=torch.contiguous_format)

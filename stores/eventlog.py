@@ -321,10 +321,11 @@ class EventLog(WriterHandover):
                 self._eager = True
         return where
 
-    def snapshot(self, objects: Sequence[tuple[int, str, str | None]]) -> int:
-        """Record that after the latest event the store held ``objects``:
-        ``(object_id, digest, detail JSON or None)`` each. Returns the snapshot's ``seq``."""
-        text = "[" + ",".join(
+    def snapshot(self, objects: str | Sequence[tuple[int, str, str | None]]) -> int:
+        """Record that after the latest event the worker stood as ``objects`` says: the JSON
+        text of :meth:`bastion.stores.state.WorkerState.snapshot_text`, or ``(object_id,
+        digest, detail JSON or None)`` each. Returns the snapshot's ``seq``."""
+        text = objects if isinstance(objects, str) else "[" + ",".join(
             f"[{oid},{json.dumps(digest)},{detail or 'null'}]" for oid, digest, detail in objects
         ) + "]"
         with self._lock:

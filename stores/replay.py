@@ -1,10 +1,9 @@
 """Replay: a worker's object store as it stood after any event, rebuilt from its log alone.
 
 Replay starts from the latest snapshot at or before the target (or from nothing), applies
-only the events after it (``create`` adds or replaces an object, ``get``, ``move`` and
-``delete`` remove one, ``clear`` drops the ids it lists), then loads the payloads of what is
-left. The same code brings a restarted worker back (:class:`bastion.Worker` on an existing
-log).
+only the events after it through the worker's own rule (:func:`bastion.stores.state.apply`),
+then loads the payloads of what is left. The same code brings a restarted worker back
+(:class:`bastion.Worker` on an existing log).
 
 >>> import os, tempfile, torch
 >>> import bastion as sy
@@ -43,6 +42,7 @@ from bastion.stores.eventlog import (
     schema_table,
 )
 from bastion.stores.payloads import snapshots_table
+from bastion.stores.state import Change, WorkerState, apply, restore_flags
 
 
 class ReplayedStore(dict):
@@ -51,7 +51,9 @@ class ReplayedStore(dict):
     ``seq``: the last event applied; ``snapshot_seq``: the snapshot it started from (0: none);
     ``events_read``: how many events were read after it; ``digests`` and ``details``: each
     object's content digest and ``create`` detail; ``missing``: ids whose payload was not
-    stored (logged without payloads, or not encodable), left out of the mapping.
+    stored (logged without payloads, or not encodable), left out of the mapping;
+    ``state``: the whole :class:`~bastion.stores.state.WorkerState` (privacy labels, policy
+    and budgets too), the missing objects as ``None``.
     """
 
     def __init__(self, worker: str, seq: int) -> None:
@@ -63,6 +65,7 @@ class ReplayedStore(dict):
         self.digests: dict[int, str] = {}
         self.details: dict[int, dict[str, Any]] = {}
         self.missing: list[int] = []
+        self.state: WorkerState | None = None
 
 
 def log_location(url: str | os.PathLike[str]) -> tuple[str, str, str | None]:
@@ -222,17 +225,17 @@ def raw_batches(conn: sa.Connection, query: sa.Select, batch: int) -> Iterator[l
         cursor.close()
 
 
-#: the details of creates that say only where their payload went (nothing for the store)
+#: the details of creates that say only where their payload went (nothing for the state)
 _PAYLOAD_ONLY = frozenset({'{"payload":"db"}', '{"payload":"file"}'})
 
 
-def replay_connection(
-    conn: sa.Connection, worker: str, until: Any, blob_dir: str | None, *, source: str = "the log"
-) -> ReplayedStore:
-    """:func:`replay` on an open connection (an :class:`EventLog` replays its own this way)."""
-    seq = _target_seq(conn, worker, until, source)
-    result = ReplayedStore(worker, seq)
-    state: dict[int, tuple[str | None, dict[str, Any] | None]] = {}
+def replay_state(
+    conn: sa.Connection, worker: str, seq: int, *, track: bool = False
+) -> tuple[WorkerState, int, int]:
+    """``worker``'s :class:`WorkerState` after event ``seq``, objects as ``None`` (their
+    payloads not loaded): the latest snapshot at or before ``seq``, then every later event
+    through :func:`bastion.stores.state.apply`. Returns ``(state, snapshot seq, events read)``.
+    """
     s = snapshots_table.c
     snapshot = conn.execute(
         sa.select(s.seq, s.objects)
@@ -240,41 +243,48 @@ def replay_connection(
         .order_by(s.seq.desc())
         .limit(1)
     ).first()
-    start = 1
-    if snapshot is not None:
-        result.snapshot_seq, start = snapshot.seq, snapshot.seq + 1
-        for oid, digest, detail in json.loads(snapshot.objects):
-            state[oid] = (digest, detail)
+    start, snapshot_seq = 1, 0
+    if snapshot is not None and not track:
+        state = WorkerState.from_snapshot(worker, snapshot.objects)
+        snapshot_seq, start = snapshot.seq, snapshot.seq + 1
+    else:
+        state = WorkerState(worker, track=track)
     t = events_table.c
     query = (
-        sa.select(t.kind, t.object_id, t.digest, t.detail)
+        sa.select(t.kind, t.object_id, t.peer, t.digest, t.detail)
         .where(t.worker_id == worker, t.seq >= start, t.seq <= seq)
         .order_by(t.seq)
     )
     count = 0
+    loads, payload_only = json.loads, _PAYLOAD_ONLY
     for rows in raw_batches(conn, query, 20_000):
         count += len(rows)
-        for kind, oid, digest, detail in rows:
-            if kind == "create":
-                if not detail or detail in _PAYLOAD_ONLY:  # most creates: nothing to parse
-                    extra = None
-                else:
-                    extra = json.loads(detail)
-                    extra.pop("payload", None)
-                state[oid] = (digest, extra or None)
-            elif kind in ("get", "move", "delete"):
-                state.pop(oid, None)
-            elif kind == "clear":
-                for dropped in json.loads(detail).get("ids", ()) if detail else ():
-                    state.pop(dropped, None)
-    result.events_read = count
-    rows = _payloads.load_many(conn, (d for d, _ in state.values() if d), blob_dir)
-    for oid, (digest, detail) in state.items():
+        for kind, oid, peer, digest, detail in rows:
+            # most creates say only where their payload went: nothing to parse
+            parsed = None if not detail or detail in payload_only else loads(detail)
+            apply(state, Change(kind, oid, peer, digest, parsed))
+    return state, snapshot_seq, count
+
+
+def replay_connection(
+    conn: sa.Connection, worker: str, until: Any, blob_dir: str | None, *, source: str = "the log"
+) -> ReplayedStore:
+    """:func:`replay` on an open connection (an :class:`EventLog` replays its own this way)."""
+    seq = _target_seq(conn, worker, until, source)
+    state, snapshot_seq, count = replay_state(conn, worker, seq)
+    result = ReplayedStore(worker, seq)
+    result.snapshot_seq, result.events_read, result.state = snapshot_seq, count, state
+    store = state.store
+    rows = _payloads.load_many(conn, (d for d in store.digests.values() if d), blob_dir)
+    for oid in list(store.objects):
+        digest = store.digests.get(oid)
         row = rows.get(digest) if digest else None
         if row is None:
             result.missing.append(oid)
             continue
-        result[oid] = _payloads.load(row, blob_dir)
+        detail = store.details.get(oid)
+        value = restore_flags(_payloads.load(row, blob_dir), detail)
+        store.objects[oid] = result[oid] = value
         result.digests[oid] = digest
         if detail:
             result.details[oid] = detail

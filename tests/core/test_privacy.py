@@ -318,7 +318,10 @@ def test_a_structured_value_is_released_as_one_vector():
                               budget=sy.Budget(epsilon=1e30, delta=1e-5))  # fmt: skip
     x = worker.register(torch.ones(1), owner="alice")
     update = {"w": torch.tensor([[3.0]]), "b": [torch.tensor([0.0]), 4.0], "none": None}
-    (released, digest) = worker.privacy.release(frozenset({x}), update, "eve", "call")
+    verdict = worker.privacy.release(frozenset({x}), update, "eve", "call")
+    released, digest = verdict.value, verdict.digest
+    assert worker.log.events(kind="release") == [], "the guard decides; it records nothing"
+    worker._release(verdict, None, "eve", "call")  # the worker records what it decided
     assert released["w"].item() == pytest.approx(0.6) and released["b"][1] == pytest.approx(0.8)
     assert released["none"] is None and isinstance(released["b"][1], float)
     (event,) = worker.log.events(kind="release")

@@ -155,10 +155,12 @@ def test_strict_mode_keeps_every_acknowledged_send_through_sigkill(tmp_path):
 def test_recovery_brings_back_create_details(tmp_path):
     db = str(tmp_path / "detail.db")
     worker = sy.Worker("D1", db=db)
-    worker._record_create(5, torch.ones(1), "me", "send", detail={"private": True})
-    worker.store.objects[5] = torch.ones(1)
-    worker.handle(RunOp("Tensor.add_", (Ref(5), 1), {}, False), "me")
+    obj_id = worker.register(torch.ones(1), owner="me", tags=["#one"])
+    worker.handle(RunOp("Tensor.add_", (Ref(obj_id), 1), {}, False), "me")  # a new version
     worker.close()
     again = sy.Worker("D1", db=db)
-    assert again.store.details[5] == '{"private":true}'
+    assert again.store.details[obj_id] == {"private": True, "owner": "me", "tags": ["#one"],
+                                           "policy": None}  # fmt: skip
+    assert again.privacy.originals == {obj_id} and torch.equal(again.store.objects[obj_id],
+                                                               torch.full((1,), 2.0))
     again.close()
